@@ -26,3 +26,11 @@ def pretrained_weights_available() -> Path:
     if not PRETRAINED_MOBILENET_V2.is_file():
         pytest.fail(f"{PRETRAINED_MOBILENET_V2} is missing: run `make weights` (make test does it)")
     return PRETRAINED_MOBILENET_V2
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded shapes dataset (96 train / 24 val images), in both COCO and VOC layouts."""
+    from datamodules.shapes import generate_shapes
+
+    return generate_shapes(tmp_path_factory.mktemp("shapes"), num_train=96, num_val=24, seed=0)
