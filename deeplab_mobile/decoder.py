@@ -1,0 +1,34 @@
+"""The DeepLabv3+ decoder (Chen et al. 2018): sharpen the head's output with stride-4 features."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import SeparableConvBNReLU, conv_bn_relu, resize_bilinear
+
+
+class DeepLabV3PlusDecoder(nn.Module):
+    """Fuse ``head`` features (``N x head_channels x H/os x W/os``) with ``low_level`` ones
+    (``N x low_level_channels x H/4 x W/4``) into ``N x out_channels x H/4 x W/4``.
+
+    The low-level features are projected to ``low_level_projection`` (48) channels so they do
+    not outweigh the head's; the head output is upsampled to their size, concatenated, and
+    refined by two 3x3 depthwise-separable convs (TF deeplab's decoder).
+    """
+
+    def __init__(
+        self, low_level_channels: int, head_channels: int, low_level_projection: int = 48, out_channels: int = 256
+    ) -> None:
+        super().__init__()
+        self.project_low_level = conv_bn_relu(low_level_channels, low_level_projection)
+        self.refine = nn.Sequential(
+            SeparableConvBNReLU(head_channels + low_level_projection, out_channels),
+            SeparableConvBNReLU(out_channels, out_channels),
+        )
+        self.out_channels = out_channels
+
+    def forward(self, head: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
+        low_level = self.project_low_level(low_level)
+        head = resize_bilinear(head, low_level.shape[-2:])
+        return self.refine(torch.cat([head, low_level], dim=1))

@@ -1,0 +1,41 @@
+"""Multi-scale + left-right flip inference ("MF" in the MobileNetV2 paper's Table 7)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .layers import resize_bilinear
+
+# The paper's (and DeepLabv3's) evaluation scales.
+PAPER_EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def multi_scale_flip_probabilities(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> torch.Tensor:
+    """Class probabilities ``N x C x H x W`` averaged over rescaled (and mirrored) inputs.
+
+    ``model`` maps ``N x 3 x h x w`` images in [0, 1] to logits ``N x C x h x w``. Each scale
+    ``s`` resizes the images to ``round(s * H) x round(s * W)``; with ``flip`` the mirrored
+    images run in the same batch and their logits are mirrored back. Logits are resized to
+    ``H x W`` and turned into probabilities before averaging, as TF deeplab does.
+    """
+    if not scales:
+        raise ValueError("multi-scale inference needs at least one scale")
+    height, width = images.shape[-2:]
+    n = images.shape[0]
+    total = None
+    for scale in scales:
+        scaled = images if scale == 1.0 else resize_bilinear(images, (round(scale * height), round(scale * width)))
+        batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
+        logits = resize_bilinear(model(batch), (height, width))
+        probabilities = logits.softmax(dim=1)
+        if flip:
+            probabilities = probabilities[:n] + probabilities[n:].flip(-1)
+        total = probabilities if total is None else total + probabilities
+    return total / (len(scales) * (2 if flip else 1))

@@ -1,0 +1,118 @@
+"""DeepLab segmenters on any registry backbone: ``build_deeplab(...)``.
+
+``head="reduced"`` is the MobileNetV2 paper's Mobile DeepLabv3 (Table 7, 2.11M parameters
+with MobileNetV2 at OS16): 1x1 + image-pooling branches on the backbone's ``seg_tap`` (the
+320-channel last bottleneck, "MNet V2*"). ``"aspp"`` adds the three 3x3 atrous branches of
+DeepLabv3 (4.52M with regular convs); ``"aspp_decoder"`` adds the DeepLabv3+ decoder on the
+stride-4 features.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+from backbone import Backbone, build_backbone
+from backbone.weights import PretrainedSpec
+
+from .aspp import ASPP
+from .decoder import DeepLabV3PlusDecoder
+from .layers import resize_bilinear
+
+HeadName = Literal["reduced", "aspp", "aspp_decoder"]
+HEADS: tuple[str, ...] = ("reduced", "aspp", "aspp_decoder")
+# DeepLabv3's ASPP rates at output stride 16; they scale inversely with the output stride.
+ASPP_RATES_AT_OS16 = (6, 12, 18)
+
+
+def default_atrous_rates(output_stride: int) -> tuple[int, ...]:
+    """(6, 12, 18) at OS16, doubled at OS8 (12, 24, 36), halved at OS32 (3, 6, 9)."""
+    return tuple(rate * 16 // output_stride for rate in ASPP_RATES_AT_OS16)
+
+
+class DeepLab(nn.Module):
+    """Backbone -> ASPP (reduced or full) -> [DeepLabv3+ decoder] -> 1x1 classifier -> resize.
+
+    ``forward(images)``: float ``N x 3 x H x W`` RGB in [0, 1] (normalised inside with the
+    backbone's mean/std) -> logits ``N x num_classes x H x W`` at the input size.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        aspp: ASPP,
+        num_classes: int,
+        decoder: DeepLabV3PlusDecoder | None = None,
+        head_tap: str | None = None,
+        low_level_tap: str | None = None,
+    ) -> None:
+        super().__init__()
+        if (decoder is None) != (low_level_tap is None):
+            raise ValueError("a decoder needs a low_level_tap and a low_level_tap needs a decoder")
+        self.head_tap = head_tap or backbone.seg_tap
+        self.low_level_tap = low_level_tap
+        self.backbone = backbone
+        self.aspp = aspp
+        self.decoder = decoder
+        features = decoder.out_channels if decoder is not None else aspp.out_channels
+        self.classifier = nn.Conv2d(features, num_classes, kernel_size=1)
+        self.num_classes = num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(self.backbone.normalize(images))
+        x = self.aspp(features[self.head_tap])
+        if self.decoder is not None:
+            x = self.decoder(x, features[self.low_level_tap])
+        return resize_bilinear(self.classifier(x), images.shape[-2:])
+
+
+def build_deeplab(
+    num_classes: int = 21,
+    backbone: str = "mobilenet_v2",
+    output_stride: int = 16,
+    head: HeadName = "reduced",
+    pretrained_backbone: PretrainedSpec = False,
+    width_mult: float = 1.0,
+    atrous_rates: Sequence[int] | None = None,
+    separable: bool = False,
+    channels: int = 256,
+    dropout: float = 0.1,
+    head_tap: str | None = None,
+    low_level_tap: str | None = None,
+) -> DeepLab:
+    """Build a DeepLab segmenter.
+
+    Args:
+        num_classes: output classes, background included (21 for VOC).
+        backbone: a registry name (``backbone.list_backbones()``), e.g. ``"timm:resnet18"``.
+        output_stride: 8, 16 or 32; strides past it become dilation in the backbone.
+        head: ``"reduced"`` (paper), ``"aspp"`` or ``"aspp_decoder"`` (DeepLabv3+).
+        pretrained_backbone: ``True`` for ImageNet weights, or a state-dict path.
+        width_mult: backbone width (MobileNetV2 only).
+        atrous_rates: ASPP dilation rates; default ``default_atrous_rates(output_stride)``.
+        separable: depthwise-separable atrous convs instead of regular 3x3.
+        channels: width of every head branch and of the projection (256).
+        dropout: dropout on the ASPP output while training.
+        head_tap / low_level_tap: taps to read; default the backbone's ``seg_tap`` and its
+            deepest stride-4 tap (decoder only).
+    """
+    if head not in HEADS:
+        raise ValueError(f"unknown DeepLab head {head!r}; choose one of {HEADS}")
+    if head == "reduced" and atrous_rates:
+        raise ValueError(f"the reduced head has no atrous branches; got atrous_rates={list(atrous_rates)}")
+    if head != "aspp_decoder" and low_level_tap is not None:
+        raise ValueError(f"low_level_tap={low_level_tap!r} is only read by head='aspp_decoder', not {head!r}")
+    net = build_backbone(backbone, pretrained=pretrained_backbone, output_stride=output_stride, width_mult=width_mult)
+    head_tap = head_tap or net.seg_tap
+    if head == "aspp_decoder":
+        low_level_tap = low_level_tap or net.deepest_tap(4).name
+    net.select_taps([tap for tap in (low_level_tap, head_tap) if tap is not None])
+
+    rates = () if head == "reduced" else tuple(atrous_rates or default_atrous_rates(output_stride))
+    aspp = ASPP(net.info(head_tap).channels, channels, rates, separable=separable, dropout=dropout)
+    decoder = None
+    if head == "aspp_decoder":
+        decoder = DeepLabV3PlusDecoder(net.info(low_level_tap).channels, channels, out_channels=channels)
+    return DeepLab(net, aspp, num_classes, decoder=decoder, head_tap=head_tap, low_level_tap=low_level_tap)
