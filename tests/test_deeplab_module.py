@@ -1,0 +1,82 @@
+"""DeepLabModule: poly schedule per iteration, whole-set mIoU in validate, predict at original size."""
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from deeplab_mobile import DeepLabModule, scores_from_confusion_matrix
+
+TRAINER = dict(
+    accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+)
+
+
+def tiny_module(**kwargs) -> DeepLabModule:
+    return DeepLabModule(num_classes=3, width_mult=0.35, **kwargs)
+
+
+def segmentation_loader(count: int = 6, batch_size: int = 2, size: int = 33) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(count, 3, size, size, generator=generator)
+    masks = torch.randint(0, 3, (count, size, size), generator=generator)
+    masks[:, :5] = 255
+    return DataLoader(TensorDataset(images, masks), batch_size=batch_size)
+
+
+class RecordLearningRate(L.Callback):
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_poly_schedule_steps_per_iteration_and_decay_skips_norms():
+    module, record = tiny_module(lr=0.01), RecordLearningRate()
+    L.Trainer(max_steps=5, callbacks=[record], **TRAINER).fit(module, segmentation_loader(count=10))
+    assert record.rates == pytest.approx([0.01 * (1 - k / 5) ** 0.9 for k in range(5)])
+    decayed, plain = module.trainer.optimizers[0].param_groups
+    assert decayed["weight_decay"] == 4e-5 and plain["weight_decay"] == 0.0
+    assert all(p.ndim == 4 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
+
+
+def test_validate_miou_is_the_whole_set_confusion_matrix():
+    module, loader = tiny_module().eval(), segmentation_loader()
+    matrix = torch.zeros(3, 3, dtype=torch.long)
+    with torch.no_grad():
+        for images, masks in loader:
+            predictions = module(images).argmax(dim=1)
+            valid = masks != 255
+            matrix += torch.bincount(masks[valid] * 3 + predictions[valid], minlength=9).view(3, 3)
+    (logged,) = L.Trainer(**TRAINER).validate(module, loader)
+    expected = scores_from_confusion_matrix(matrix)
+    assert logged["val/mIoU"] == pytest.approx(expected["miou"].item(), abs=1e-6)
+    assert logged["val/pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"].item(), abs=1e-6)
+    for k in range(3):
+        assert logged[f"val/iou/{k}"] == pytest.approx(expected["iou"][k].item(), abs=1e-6)
+
+
+def test_predict_writes_palette_pngs_at_the_original_size(tmp_path):
+    module = tiny_module(prediction_dir=str(tmp_path), eval_scales=[0.75, 1.0], eval_flip=True).eval()
+    images = torch.rand(2, 3, 40, 48)
+    metas = [
+        {"path": "/data/a.jpg", "orig_size": [80, 96], "size": [40, 48]},
+        {"path": "/data/b.jpg", "orig_size": [50, 30], "size": [40, 24]},  # padded on the right
+    ]
+    with torch.no_grad():
+        results = module.predict_step((images, metas), 0)
+    assert [r["labels"].shape for r in results] == [(80, 96), (50, 30)]
+    for result, name in zip(results, ["a.png", "b.png"]):
+        written = Image.open(tmp_path / name)
+        assert written.mode == "P"
+        np.testing.assert_array_equal(np.array(written), result["labels"].numpy())
+
+
+def test_class_weights_must_cover_every_class():
+    with pytest.raises(ValueError, match="2 entries for 3 classes"):
+        tiny_module(class_weights=[1.0, 2.0])
+    module = tiny_module(class_weights=[1.0, 2.0, 0.5])
+    assert module.class_weights.tolist() == [1.0, 2.0, 0.5]
