@@ -7,6 +7,7 @@ from .head import SSDLiteHead
 from .loss import MultiBoxLoss
 from .matcher import match_anchors, pad_targets
 from .model import SSDLite, build_ssdlite
+from .module import SSDLiteModule
 from .postprocess import decode_detections, rescale_boxes, select_detections
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "SSDLite",
     "SSDLiteFeatures",
     "SSDLiteHead",
+    "SSDLiteModule",
     "build_ssdlite",
     "decode_detections",
     "match_anchors",

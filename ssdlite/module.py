@@ -1,0 +1,222 @@
+"""Lightning module: SSDLite training, COCO / VOC07 evaluation and prediction to COCO json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from lightning import LightningModule
+from torch import nn
+from torchvision.ops import box_convert
+
+from backbone.weights import PretrainedSpec
+
+from .loss import ClassificationLoss
+from .metrics import MetricName, detection_metric, summarize
+from .model import build_ssdlite
+from .postprocess import rescale_boxes
+
+log = logging.getLogger(__name__)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv / linear weights only, none on BN parameters and biases (1-d tensors)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class SSDLiteModule(LightningModule):
+    """Trains and evaluates ``build_ssdlite(...)``.
+
+    Batches follow the project's detection contract: ``(images N x 3 x S x S in [0, 1],
+    targets)`` for fit / validate / test, ``(images, metas)`` for predict. Validation and test
+    log ``{stage}/map``, ``map_50``, ``map_75``, ``map_small/medium/large``, ``mar_100``
+    (``metric="coco"``) or ``{stage}/ap50_voc07`` (``metric="voc07"``), computed in
+    original-image pixels. Optimiser: SGD (momentum) or RMSProp (TF's recipe), weight decay off
+    BN and biases, linear warm-up then cosine decay to zero, stepped every iteration.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 80,
+        backbone: str = "mobilenet_v2",
+        width_mult: float = 1.0,
+        image_size: int = 320,
+        pretrained_backbone: PretrainedSpec = False,
+        classification_loss: ClassificationLoss = "softmax",
+        score_threshold: float = 0.001,
+        nms_threshold: float = 0.6,
+        detections_per_image: int = 100,
+        optimizer: Literal["sgd", "rmsprop"] = "sgd",
+        lr: float = 0.15,
+        momentum: float = 0.9,
+        weight_decay: float = 4e-5,
+        rmsprop_alpha: float = 0.9,
+        rmsprop_eps: float = 1.0,
+        warmup_steps: int = 1000,
+        warmup_factor: float = 0.001,
+        metric: MetricName = "coco",
+        predictions_json: str | None = None,
+        label_to_category_id: Sequence[int] | None = None,
+    ) -> None:
+        """``predictions_json``: where ``predict`` writes an official COCO results file;
+        ``label_to_category_id`` maps labels to its category ids (default: the datamodule's
+        ``label_to_category_id``, else ``label + 1``)."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_ssdlite(
+            num_classes=num_classes,
+            backbone=backbone,
+            width_mult=width_mult,
+            image_size=image_size,
+            pretrained_backbone=pretrained_backbone,
+            classification_loss=classification_loss,
+            score_threshold=score_threshold,
+            nms_threshold=nms_threshold,
+            detections_per_image=detections_per_image,
+        )
+        self.val_metric = detection_metric(metric)
+        self.test_metric = detection_metric(metric)
+        self._predictions: list[dict[str, Any]] = []
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return self.model(images)
+
+    # --- training -------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model(images, targets)
+        loss = sum(losses.values())
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(images))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = parameter_groups(self.model, hp.weight_decay)
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        elif hp.optimizer == "rmsprop":
+            optimizer = torch.optim.RMSprop(
+                groups, lr=hp.lr, momentum=hp.momentum, alpha=hp.rmsprop_alpha, eps=hp.rmsprop_eps
+            )
+        else:
+            raise ValueError(f"optimizer must be 'sgd' or 'rmsprop', got {hp.optimizer!r}")
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(hp.warmup_steps, total - 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
+        if warmup > 0:
+            linear = torch.optim.lr_scheduler.LinearLR(optimizer, hp.warmup_factor, 1.0, total_iters=warmup)
+            scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+        else:
+            scheduler = cosine
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- evaluation -----------------------------------------------------------------------
+    def _detect_original(self, images: torch.Tensor, orig_sizes: Sequence) -> list[dict[str, torch.Tensor]]:
+        """Detections with boxes rescaled from the network input to each original image."""
+        detections = self.model(images)
+        input_size = tuple(images.shape[-2:])
+        for det, size in zip(detections, orig_sizes):
+            det["boxes"] = rescale_boxes(det["boxes"], input_size, tuple(int(s) for s in size))
+        return detections
+
+    def _evaluation_step(self, batch: tuple[torch.Tensor, list[dict]], metric) -> None:
+        images, targets = batch
+        detections = self._detect_original(images, [t["orig_size"] for t in targets])
+        input_size = tuple(images.shape[-2:])
+        ground_truth = [
+            {
+                "boxes": rescale_boxes(t["boxes"], input_size, tuple(int(s) for s in t["orig_size"])),
+                "labels": t["labels"],
+                "iscrowd": t["iscrowd"],
+            }
+            for t in targets
+        ]
+        metric.update(detections, ground_truth)
+
+    def _log_metric(self, stage: str, metric) -> None:
+        result = summarize(self.hparams.metric, metric.compute())
+        self.log_dict({f"{stage}/{k}": v.float() for k, v in result.items()}, prog_bar=stage == "val")
+        metric.reset()
+
+    def validation_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> None:
+        self._evaluation_step(batch, self.val_metric)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric("val", self.val_metric)
+
+    def test_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> None:
+        self._evaluation_step(batch, self.test_metric)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric("test", self.test_metric)
+
+    # --- prediction -----------------------------------------------------------------------
+    def predict_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> list[dict[str, Any]]:
+        """Per image: ``path``, ``boxes`` ``K x 4`` xyxy in original-image pixels, ``scores``, ``labels``."""
+        images, metas = batch
+        detections = self._detect_original(images, [m["orig_size"] for m in metas])
+        results = [{**meta, **det} for meta, det in zip(metas, detections)]
+        if self.hparams.predictions_json:
+            self._predictions.extend(results)
+        return results
+
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = []
+
+    def on_predict_epoch_end(self) -> None:
+        if self.hparams.predictions_json:
+            path = write_coco_results(self._predictions, self.hparams.predictions_json, self._category_ids())
+            log.info("wrote %d images' detections to %s", len(self._predictions), path)
+        self._predictions = []
+
+    def _category_ids(self) -> list[int]:
+        if self.hparams.label_to_category_id is not None:
+            return list(self.hparams.label_to_category_id)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        mapping = getattr(datamodule, "label_to_category_id", None)
+        if mapping is not None:
+            return list(mapping)
+        return list(range(1, self.hparams.num_classes + 1))
+
+
+def _image_id(meta: dict[str, Any]) -> int:
+    """COCO image id: the meta's ``image_id``, else the numeric file stem (``000000397133.jpg``)."""
+    if "image_id" in meta:
+        return int(meta["image_id"])
+    stem = Path(meta["path"]).stem
+    if not stem.isdigit():
+        raise ValueError(f"{meta['path']}: no image_id in the batch meta and the file name is not a COCO id")
+    return int(stem)
+
+
+def write_coco_results(predictions: Sequence[dict[str, Any]], path: str | Path, category_ids: Sequence[int]) -> Path:
+    """Write detections as a COCO results json (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
+
+    ``predictions``: dicts with ``boxes`` ``K x 4`` xyxy in original-image pixels, ``scores``,
+    ``labels`` (0..C-1, mapped through ``category_ids``) and ``image_id`` or a COCO file ``path``.
+    """
+    records = []
+    for pred in predictions:
+        image_id = _image_id(pred)
+        xywh = box_convert(pred["boxes"].detach().cpu().double(), "xyxy", "xywh").tolist()
+        for box, score, label in zip(xywh, pred["scores"].tolist(), pred["labels"].tolist()):
+            records.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(category_ids[label]),
+                    "bbox": [round(v, 2) for v in box],
+                    "score": round(float(score), 5),
+                }
+            )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records))
+    return path
