@@ -1,0 +1,125 @@
+"""Reading images, index masks and split lists the way every dataset here needs them.
+
+Images come back as ``H x W x 3`` uint8 RGB whatever the file holds: grayscale, palette,
+RGBA (alpha dropped), 16-bit (scaled to 8 bits) and CMYK are converted, and the EXIF
+orientation of JPEGs is applied (so boxes drawn on the upright photo stay right). Each
+conversion is reported so the dataset check can list it. Anything unreadable raises
+``DataProblem`` naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .problems import DataProblem
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class LoadedImage:
+    """An ``H x W x 3`` uint8 RGB image and the conversions applied to get it."""
+
+    array: np.ndarray
+    conversions: list[str] = field(default_factory=list)
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Decode ``path`` to RGB uint8, honouring EXIF orientation; lists what was converted.
+
+    Conversions reported: ``exif_rotated``, ``grayscale``, ``palette``, ``alpha_dropped``,
+    ``16_bit``, ``cmyk``. Raises ``DataProblem('unreadable_image' | 'missing_image')``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataProblem("missing_image", path, "image file does not exist")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            conversions = []
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+            if orientation not in (0, 1):
+                img = ImageOps.exif_transpose(img)
+                conversions.append("exif_rotated")
+            return LoadedImage(_to_rgb(img, conversions), conversions)
+    except DataProblem:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise DataProblem("unreadable_image", path, f"cannot decode image ({error})") from error
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB pixels of ``path`` (see ``load_image``)."""
+    return load_image(path).array
+
+
+def _to_rgb(img: Image.Image, conversions: list[str]) -> np.ndarray:
+    mode = img.mode
+    if mode == "RGB":
+        return np.array(img)
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale (Pillow opens 16-bit PNGs as I or I;16): 0..65535 down to 0..255.
+        values = np.asarray(img).astype(np.float32)
+        conversions += ["16_bit", "grayscale"]
+        gray = np.clip(values / 257.0, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("L", "1", "LA"):
+        conversions.append("grayscale")
+    elif mode in ("P", "PA"):
+        conversions.append("palette")
+    elif mode == "CMYK":
+        conversions.append("cmyk")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        conversions.append("alpha_dropped")
+    return np.array(img.convert("RGB"))
+
+
+def read_index_mask(path: str | Path) -> np.ndarray:
+    """``H x W`` uint8 class indices of a palette or grayscale PNG (the VOC ``SegmentationClass`` format).
+
+    Palette images are read as their indices, never their colours. Colour (RGB) masks are
+    refused with a clear error, since their colours would need a palette to mean classes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataProblem("missing_mask", path, "mask file does not exist")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("P", "L"):
+                return np.array(img)
+            if mode in ("I", "I;16", "I;16B", "I;16L"):
+                values = np.asarray(img.convert("I"))
+                if values.min() < 0 or values.max() > 255:
+                    raise DataProblem("mask_bad_values", path, f"16-bit mask holds values outside 0..255 ({values.max()})")
+                return values.astype(np.uint8)
+    except DataProblem:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise DataProblem("unreadable_mask", path, f"cannot decode mask ({error})") from error
+    raise DataProblem(
+        "mask_not_indexed", path, f"mask has mode {mode}; expected a palette (P) or grayscale (L) PNG of class indices"
+    )
+
+
+def read_list(path: str | Path) -> list[str]:
+    """Non-empty lines of a split list, stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} does not exist")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when Pillow recognises ``path`` as an image (reads the header only)."""
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
