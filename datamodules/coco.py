@@ -267,7 +267,7 @@ class CocoSemanticMask:
         mask = np.zeros((self.height, self.width), np.uint8)
         ignore = np.zeros((self.height, self.width), bool)
         for ann in self.annotations:
-            if ann["category_id"] not in self.label_of:
+            if ann["category_id"] not in self.label_of or not ann["segmentation"]:
                 continue
             instance = _decode_segmentation(ann["segmentation"], self.height, self.width)
             if ann.get("iscrowd", 0):
@@ -297,8 +297,8 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
     Masks are drawn from the instance polygons / RLE for ``class_names`` only (index 0 is
     background, other COCO categories are background too, overlaps and crowds are 255).
     ``coco_names`` gives each class's COCO category name (default: the VOC -> COCO name map,
-    e.g. aeroplane -> airplane). Training keeps only images holding one of the classes
-    unless ``keep_empty_images``.
+    e.g. aeroplane -> airplane). Training keeps only images holding an outlined object of
+    one of the classes unless ``keep_empty_images``.
     """
 
     def __init__(
@@ -367,7 +367,8 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
             info = coco.imgs[image_id]
             path = Path(image_dir) / info["file_name"]
             anns = [a for a in coco.imgToAnns.get(image_id, []) if a["category_id"] in label_of]
-            if split == "train" and not self.keep_empty_images and not any(not a.get("iscrowd", 0) for a in anns):
+            has_object = any(not a.get("iscrowd", 0) and a["segmentation"] for a in anns)
+            if split == "train" and not self.keep_empty_images and not has_object:
                 continue
             if not path.is_file():
                 report.add(DataProblem("missing_image", path, "listed in the annotations but not on disk"))
