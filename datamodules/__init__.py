@@ -1,24 +1,34 @@
 """Lightning datamodules reading COCO and PASCAL VOC as distributed, custom folders, and the
-embedded shapes dataset, with the paper's augmentations (albumentations)."""
+embedded shapes dataset, with the paper's augmentations (albumentations).
 
-from .base import BaseDataModule, UnpaddedDistributedSampler
-from .coco import CocoDetectionDataModule, CocoSegmentationDataModule, detections_to_coco_results
-from .collate import detection_collate
-from .predict import ImageFolderPredictDataset
-from .problems import DataProblem, ProblemReport
-from .voc import VOC_CLASSES, VOCDetectionDataModule, VOCSegmentationDataModule
+Names are imported on first use, so ``python -m datamodules.shapes`` starts without
+loading Lightning.
+"""
 
-__all__ = [
-    "VOC_CLASSES",
-    "BaseDataModule",
-    "CocoDetectionDataModule",
-    "CocoSegmentationDataModule",
-    "DataProblem",
-    "ImageFolderPredictDataset",
-    "ProblemReport",
-    "UnpaddedDistributedSampler",
-    "VOCDetectionDataModule",
-    "VOCSegmentationDataModule",
-    "detection_collate",
-    "detections_to_coco_results",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BaseDataModule": ".base",
+    "UnpaddedDistributedSampler": ".base",
+    "CocoDetectionDataModule": ".coco",
+    "CocoSegmentationDataModule": ".coco",
+    "detections_to_coco_results": ".coco",
+    "detection_collate": ".collate",
+    "ImageFolderPredictDataset": ".predict",
+    "DataProblem": ".problems",
+    "ProblemReport": ".problems",
+    "VOC_CLASSES": ".voc",
+    "VOCDetectionDataModule": ".voc",
+    "VOCSegmentationDataModule": ".voc",
+    "generate_shapes": ".shapes",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

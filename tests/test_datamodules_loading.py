@@ -53,7 +53,7 @@ def test_arguments_build_from_a_lightningcli_style_parser(tmp_path: Path) -> Non
     parser = ArgumentParser()
     parser.add_class_arguments(VOCSegmentationDataModule, "data")
     config = parser.parse_args(["--data.root", str(tmp_path), "--data.class_names", "[a, b]", "--data.crop_size", "321"])
-    dm = parser.instantiate_classes(config).data
+    dm = parser.instantiate(config).data
     assert dm.num_classes == 3 and dm.crop_size == 321
 
 
