@@ -11,7 +11,6 @@ ranks may hold one image more or less.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable
 
 import lightning as L
@@ -23,8 +22,6 @@ from .datasets import _SkippingDataset
 from .predict import ImageFolderPredictDataset
 from .problems import DataProblem, ProblemReport
 from .transforms import IGNORE_INDEX, deeplab_train_transform, ssd_eval_transform, ssd_train_transform
-
-log = logging.getLogger(__name__)
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 

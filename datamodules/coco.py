@@ -15,6 +15,8 @@ samples unless ``keep_empty_images=False``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -62,9 +64,6 @@ def read_categories(annotation_file: str | Path) -> list[dict[str, Any]]:
 
 def load_coco(annotation_file: str | Path) -> COCO:
     """pycocotools index of ``annotation_file`` (its own prints silenced into the log)."""
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         coco = COCO(str(annotation_file))
     log.debug("%s", printed.getvalue())

@@ -186,7 +186,7 @@ class SegmentationDataset(_SkippingDataset):
             )
         bad = (mask >= self.num_classes) & (mask != self.ignore_index)
         if bad.any():
-            values = sorted(set(np.unique(mask[bad]).tolist()))
+            values = np.unique(mask[bad]).tolist()
             raise DataProblem(
                 "mask_bad_values",
                 where,

@@ -17,7 +17,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .problems import DataProblem
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 EXIF_ORIENTATION = 0x0112
 
 

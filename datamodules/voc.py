@@ -23,8 +23,8 @@ import numpy as np
 
 from .base import BaseDetectionDataModule, BaseSegmentationDataModule
 from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem
-from .problems import DataProblem, ProblemReport
 from .io import read_list
+from .problems import DataProblem, ProblemReport
 from .sbd import sbd_dataset_dir, trainaug_stems
 
 VOC_CLASSES = (
