@@ -1,0 +1,96 @@
+"""Timing core shared by every benchmark: ours and a peer, same process, interleaved.
+
+Absolute times on shared machines are noise; ratios of medians taken in alternation are not.
+Each case is warmed up, then ours and the peer run in turn until both have at least
+``min_repeats`` samples and ``min_seconds`` have passed; the row reports both medians and
+ours / peer.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Row:
+    """One comparison. ``ratio`` = ours / peer for times (lower is better)."""
+
+    name: str
+    ours: str
+    peer: str
+    ours_ms: float
+    peer_ms: float
+    ratio: float
+    target: str = ""
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def met(self) -> str:
+        if not self.target:
+            return ""
+        op, value = self.target.split()
+        return "yes" if (self.ratio <= float(value) if op == "<=" else self.ratio >= float(value)) else "NO"
+
+
+def time_interleaved(
+    ours: Callable[[], object],
+    peer: Callable[[], object],
+    *,
+    warmup: int = 3,
+    min_repeats: int = 10,
+    min_seconds: float = 5.0,
+) -> tuple[float, float]:
+    """Median seconds per call of ``ours`` and ``peer``, measured in alternation."""
+    for _ in range(warmup):
+        ours()
+        peer()
+    samples: tuple[list[float], list[float]] = ([], [])
+    start = time.perf_counter()
+    while len(samples[0]) < min_repeats or time.perf_counter() - start < min_seconds:
+        for fn, out in ((ours, samples[0]), (peer, samples[1])):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def write_report(rows: list[Row], out_dir: Path, title: str) -> Path:
+    """Write ``<title>.md`` (a table) and ``<title>.json`` into ``out_dir``; return the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    lines = [
+        f"# {title}",
+        "",
+        f"Machine: {info['processor']}, {info['platform']}, torch {info['torch']}, {info['threads']} threads.",
+        "",
+        "| case | ours | peer | ours ms | peer ms | ours / peer | target | met | settings |",
+        "|---|---|---|---:|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        settings = ", ".join(f"{k}={v}" for k, v in r.settings.items())
+        lines.append(
+            f"| {r.name} | {r.ours} | {r.peer} | {r.ours_ms:.2f} | {r.peer_ms:.2f} | {r.ratio:.3f} | "
+            f"{r.target} | {r.met} | {settings} |"
+        )
+    markdown = out_dir / f"{title}.md"
+    markdown.write_text("\n".join(lines) + "\n")
+    payload = {"machine": info, "rows": [asdict(r) | {"met": r.met} for r in rows]}
+    (out_dir / f"{title}.json").write_text(json.dumps(payload, indent=2))
+    return markdown
