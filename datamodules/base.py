@@ -45,6 +45,7 @@ def scan_dataset(dataset: _SkippingDataset) -> ProblemReport:
     """Decode every sample's files (``dataset.load(i)``): unreadable or mismatched files are
     problems, conversions (grayscale, RGBA, 16-bit, CMYK, EXIF rotation) are notes."""
     report = ProblemReport()
+    report.checked = len(dataset)
     for index in range(len(dataset)):
         try:
             loaded = dataset.load(index)

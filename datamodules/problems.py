@@ -34,6 +34,7 @@ class ProblemReport:
 
     def __init__(self, name: str = "dataset") -> None:
         self.name = name
+        self.checked = 0  # samples whose files were decoded
         self.problems: dict[str, list[str]] = defaultdict(list)
         self.notes: dict[str, list[str]] = defaultdict(list)
 
@@ -48,6 +49,7 @@ class ProblemReport:
             self.problems[kind] += items
         for kind, items in other.notes.items():
             self.notes[kind] += items
+        self.checked += other.checked
 
     @property
     def num_problems(self) -> int:
@@ -59,9 +61,10 @@ class ProblemReport:
 
     def summary(self, max_files: int = 5) -> str:
         """Multi-line text: one line per kind with its count, then up to ``max_files`` files."""
+        checked = f" ({self.checked} samples decoded)" if self.checked else ""
         if not self.problems and not self.notes:
-            return f"{self.name}: no problems"
-        lines = [f"{self.name}: {self.num_problems} problem(s)"]
+            return f"{self.name}: no problems{checked}"
+        lines = [f"{self.name}: {self.num_problems} problem(s){checked}"]
         for title, groups in (("problem", self.problems), ("converted", self.notes)):
             for kind, items in sorted(groups.items()):
                 if not items:
