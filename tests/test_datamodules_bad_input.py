@@ -216,3 +216,14 @@ def test_predict_folder_of_arbitrary_images(bad_coco: Path, tmp_path: Path, capl
     assert len(metas) == 9 and images.shape[-2] % 32 == 0 and images.shape[-1] % 32 == 0
     wide = next(m for m in metas if m["path"].endswith("wide.png"))
     assert wide["size"] == [15, 100] and wide["orig_size"] == [30, 200]
+
+
+def test_fast_jpeg_path_gives_pillows_pixels(tmp_path: Path) -> None:
+    files = write_odd_images(tmp_path)
+    for name in (files["good"], files["grayscale"]):
+        expected = np.array(Image.open(tmp_path / name).convert("RGB"))
+        np.testing.assert_array_equal(load_image(tmp_path / name).array, expected)
+    # Bytes after the end-of-image marker (some cameras append data): still decoded, by Pillow.
+    trailing = tmp_path / "trailing.jpg"
+    trailing.write_bytes((tmp_path / files["good"]).read_bytes() + b"\x00camera-data")
+    np.testing.assert_array_equal(load_image(trailing).array, np.array(Image.open(tmp_path / files["good"])))
