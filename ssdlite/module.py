@@ -10,9 +10,9 @@ from typing import Any, Literal, Sequence
 import torch
 from lightning import LightningModule
 from torch import nn
-from torchvision.ops import box_convert
 
 from backbone.weights import PretrainedSpec
+from datamodules import detections_to_coco_results
 
 from .loss import ClassificationLoss
 from .metrics import MetricName, detection_metric, summarize
@@ -64,10 +64,13 @@ class SSDLiteModule(LightningModule):
         metric: MetricName = "coco",
         predictions_json: str | None = None,
         label_to_category_id: Sequence[int] | None = None,
+        image_ids_from: str | None = None,
     ) -> None:
-        """``predictions_json``: where ``predict`` writes an official COCO results file;
-        ``label_to_category_id`` maps labels to its category ids (default: the datamodule's
-        ``label_to_category_id``, else ``label + 1``)."""
+        """``predictions_json``: where ``predict`` writes an official COCO results file, with
+        category ids from ``label_to_category_id`` (default: the datamodule's
+        ``label_to_category_id``, else ``label + 1``) and image ids from the ``file_name`` ->
+        ``id`` table of the COCO annotation file ``image_ids_from`` (default: the numeric file
+        name, as in official COCO: ``000000397133.jpg`` -> 397133)."""
         super().__init__()
         self.save_hyperparameters()
         self.model = build_ssdlite(
@@ -173,9 +176,35 @@ class SSDLiteModule(LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         if self.hparams.predictions_json:
-            path = write_coco_results(self._predictions, self.hparams.predictions_json, self._category_ids())
-            log.info("wrote %d images' detections to %s", len(self._predictions), path)
+            preds = self._predictions
+            results = detections_to_coco_results(
+                self._image_ids([p["path"] for p in preds]),
+                [p["boxes"] for p in preds],
+                [p["scores"] for p in preds],
+                [p["labels"] for p in preds],
+                self._category_ids(),
+            )
+            path = Path(self.hparams.predictions_json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results))
+            log.info("wrote %d detections on %d images to %s", len(results), len(preds), path)
         self._predictions = []
+
+    def _image_ids(self, paths: Sequence[str]) -> list[int]:
+        if self.hparams.image_ids_from:
+            images = json.loads(Path(self.hparams.image_ids_from).read_text())["images"]
+            by_name = {image["file_name"]: image["id"] for image in images}
+            missing = [p for p in paths if Path(p).name not in by_name]
+            if missing:
+                raise ValueError(f"{self.hparams.image_ids_from} has no image named {Path(missing[0]).name} ({missing[0]})")
+            return [by_name[Path(p).name] for p in paths]
+        ids = []
+        for path in paths:
+            stem = Path(path).stem
+            if not stem.isdigit():
+                raise ValueError(f"{path}: not a COCO file name (numeric id); set image_ids_from to the annotation json")
+            ids.append(int(stem))
+        return ids
 
     def _category_ids(self) -> list[int]:
         if self.hparams.label_to_category_id is not None:
@@ -185,38 +214,3 @@ class SSDLiteModule(LightningModule):
         if mapping is not None:
             return list(mapping)
         return list(range(1, self.hparams.num_classes + 1))
-
-
-def _image_id(meta: dict[str, Any]) -> int:
-    """COCO image id: the meta's ``image_id``, else the numeric file stem (``000000397133.jpg``)."""
-    if "image_id" in meta:
-        return int(meta["image_id"])
-    stem = Path(meta["path"]).stem
-    if not stem.isdigit():
-        raise ValueError(f"{meta['path']}: no image_id in the batch meta and the file name is not a COCO id")
-    return int(stem)
-
-
-def write_coco_results(predictions: Sequence[dict[str, Any]], path: str | Path, category_ids: Sequence[int]) -> Path:
-    """Write detections as a COCO results json (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
-
-    ``predictions``: dicts with ``boxes`` ``K x 4`` xyxy in original-image pixels, ``scores``,
-    ``labels`` (0..C-1, mapped through ``category_ids``) and ``image_id`` or a COCO file ``path``.
-    """
-    records = []
-    for pred in predictions:
-        image_id = _image_id(pred)
-        xywh = box_convert(pred["boxes"].detach().cpu().double(), "xyxy", "xywh").tolist()
-        for box, score, label in zip(xywh, pred["scores"].tolist(), pred["labels"].tolist()):
-            records.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(category_ids[label]),
-                    "bbox": [round(v, 2) for v in box],
-                    "score": round(float(score), 5),
-                }
-            )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(records))
-    return path
