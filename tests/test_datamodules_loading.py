@@ -3,9 +3,11 @@ LightningCLI-buildable arguments, and the embedded dataset through both readers.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import torch
 from jsonargparse import ArgumentParser
@@ -17,7 +19,7 @@ from datamodules import (
     VOCDetectionDataModule,
     VOCSegmentationDataModule,
 )
-from datamodules.shapes import CATEGORY_IDS, CLASS_NAMES
+from datamodules.shapes import CATEGORY_IDS, CLASS_NAMES, generate_shapes
 
 
 def test_unpadded_sampler_gives_every_index_exactly_once() -> None:
@@ -37,6 +39,40 @@ def test_evaluation_loaders_use_it_under_ddp(shapes_root: Path) -> None:
     assert isinstance(loader.sampler, DistributedSampler) and isinstance(loader.sampler, UnpaddedDistributedSampler)
     assert list(loader.sampler) == list(range(2, 24, 3))
     assert not isinstance(dm.train_dataloader().sampler, UnpaddedDistributedSampler)
+
+
+class _RecordImageIds(L.LightningModule):
+    """Writes the image ids each rank validated to ``<out>/rank<r>.json``."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__()
+        self.out = out
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.ids: list[int] = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.ids += [int(t["image_id"]) for t in batch[1]]
+
+    def on_validation_epoch_end(self) -> None:
+        Path(self.out, f"rank{self.global_rank}.json").write_text(json.dumps(self.ids))
+
+
+def test_real_ddp_validation_sees_every_image_exactly_once(tmp_path: Path) -> None:
+    root = generate_shapes(tmp_path / "data", num_train=2, num_val=7, min_size=64, max_size=80)  # val ids 3..9
+    dm = CocoDetectionDataModule(str(root / "coco"), num_workers=0, batch_size=2, image_size=32)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(_RecordImageIds(str(tmp_path)), datamodule=dm)
+    per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(3, 10))  # 7 images over 2 ranks, no repeat
+    assert [len(ids) for ids in per_rank] == [4, 3]
 
 
 def test_workers_augment_differently(shapes_root: Path) -> None:
