@@ -146,8 +146,9 @@ class SegmentationDataset(_SkippingDataset):
     """Items ``(image uint8 3 x H x W, mask int64 H x W)``; 255 = ignore.
 
     Masks must match their image's size and hold only ``0..num_classes-1`` or
-    ``ignore_index``; anything else is a ``DataProblem`` (skipped, or raised when strict).
-    ``transform=None`` (evaluation) returns the whole image; the collate function pads.
+    ``mask_ignore_index`` (the files' "ignore" value, turned into 255); anything else is a
+    ``DataProblem`` (skipped, or raised when strict). ``transform=None`` (evaluation)
+    returns the whole image; the collate function pads.
     """
 
     def __init__(
@@ -156,13 +157,13 @@ class SegmentationDataset(_SkippingDataset):
         transform: A.Compose | None,
         *,
         num_classes: int,
-        ignore_index: int = IGNORE_INDEX,
+        mask_ignore_index: int = IGNORE_INDEX,
         strict: bool = False,
     ) -> None:
         super().__init__(transform, strict)
         self.items = items
         self.num_classes = num_classes
-        self.ignore_index = ignore_index
+        self.mask_ignore_index = mask_ignore_index
 
     def __len__(self) -> int:
         return len(self.items)
@@ -184,14 +185,16 @@ class SegmentationDataset(_SkippingDataset):
                 f"mask is {mask.shape[0]}x{mask.shape[1]} but image {item.image_path.name} is "
                 f"{image.shape[0]}x{image.shape[1]}",
             )
-        bad = (mask >= self.num_classes) & (mask != self.ignore_index)
+        bad = (mask >= self.num_classes) & (mask != self.mask_ignore_index)
         if bad.any():
             values = np.unique(mask[bad]).tolist()
             raise DataProblem(
                 "mask_bad_values",
                 where,
-                f"mask holds values {values[:10]} outside the classes 0..{self.num_classes - 1} and {self.ignore_index}",
+                f"mask holds values {values[:10]} outside the classes 0..{self.num_classes - 1} and {self.mask_ignore_index}",
             )
+        if self.mask_ignore_index != IGNORE_INDEX:
+            mask = np.where(mask == self.mask_ignore_index, IGNORE_INDEX, mask).astype(np.uint8)
         return loaded, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -189,6 +189,8 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
         image_suffix / mask_suffix: file endings of images and masks.
         class_names: object classes (default: the 20 VOC classes); with ``background_name``
             set, index 0 is background and ``num_classes = len(class_names) + 1``.
+        mask_ignore_index: the value marking "ignore" in the mask files (VOC: 255); batches
+            always carry 255 there.
         sbd_root: the SBD release (``benchmark_RELEASE``), for ``trainaug``.
         crop_size / scales / horizontal_flip: DeepLab training augmentation.
         size_divisor: evaluation batches are padded to a multiple of it.
@@ -207,6 +209,7 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
         mask_suffix: str = ".png",
         class_names: list[str] | None = None,
         background_name: str | None = "background",
+        mask_ignore_index: int = 255,
         sbd_root: str | None = None,
         crop_size: int = 513,
         scales: list[float] | None = None,
@@ -246,6 +249,9 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
         names = list(class_names) if class_names is not None else list(VOC_CLASSES)
         self.class_names = [background_name, *names] if background_name is not None else names
         self.num_classes = len(self.class_names)
+        if 0 <= mask_ignore_index < self.num_classes:
+            raise ValueError(f"mask_ignore_index {mask_ignore_index} is one of the {self.num_classes} class indices")
+        self.mask_ignore_index = mask_ignore_index
         self.sbd_root = sbd_root
 
     def items(self, split: str) -> list[SegmentationItem]:
@@ -289,5 +295,11 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
                 report.add(DataProblem("missing_mask", item.mask, f"mask of {item.image_path.name} does not exist"))
             else:
                 items.append(item)
-        dataset = SegmentationDataset(items, self._transform(split), num_classes=self.num_classes, strict=self.strict)
+        dataset = SegmentationDataset(
+            items,
+            self._transform(split),
+            num_classes=self.num_classes,
+            mask_ignore_index=self.mask_ignore_index,
+            strict=self.strict,
+        )
         return dataset, report

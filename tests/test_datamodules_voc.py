@@ -220,3 +220,10 @@ def test_custom_folder_of_images_and_index_masks(tmp_path: Path) -> None:
     # Value 7 is neither a class nor 255: counted as a problem by the check.
     report = dm.check(("val",))
     assert report.counts() == {"mask_bad_values": 1} and "im2.png" in report.problems["mask_bad_values"][0]
+    # A dataset whose masks mark "ignore" with 7: read as 255, as the batches' contract says.
+    custom_ignore = VOCSegmentationDataModule(
+        str(tmp_path), image_dir="imgs", mask_dir="labels", split_dir="lists", image_suffix=".png",
+        class_names=["road", "grass"], mask_ignore_index=7, num_workers=0,
+    )  # fmt: skip
+    _, mask = custom_ignore._build_dataset("val")[0][0]
+    assert mask[0, 0] == 255 and set(mask.unique().tolist()) == {1, 2, 255}
