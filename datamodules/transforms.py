@@ -15,6 +15,7 @@ Pipelines take and give ``H x W x 3`` uint8 RGB; boxes are ``pascal_voc`` (xyxy 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import albumentations as A
@@ -24,6 +25,7 @@ from albumentations.augmentations.crops import functional as fcrops
 from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.core.bbox_utils import denormalize_bboxes
 from albumentations.core.transforms_interface import BaseTransformInitSchema
+from albumentations.core.type_definitions import Targets
 from pydantic import Field
 
 from backbone import IMAGENET_MEAN
@@ -175,20 +177,57 @@ def _iou_with_crop(boxes: np.ndarray, crop: tuple[int, int, int, int]) -> np.nda
 
 
 class RandomStepScale(A.RandomScale):
-    """Rescale by a factor drawn from a fixed list (DeepLab: 0.5 to 2.0 in steps of 0.25)."""
+    """Rescale by a factor drawn from a fixed list (DeepLab: 0.5 to 2.0 in steps of 0.25).
+
+    With ``crop_size`` (a random crop of that size follows), a side that the scale makes
+    longer than the crop is first cut to a random window of ``ceil(crop_size / scale) + 1``
+    source pixels: just enough to cover the crop once scaled, so enlarging does not compute
+    pixels the crop would throw away. The window's position is uniform, so the crop that
+    follows is still uniform over the whole image.
+    """
+
+    _targets = (Targets.IMAGE, Targets.MASK, Targets.BBOXES)
 
     class InitSchema(BaseTransformInitSchema):
         scales: Sequence[float] = Field(min_length=1)
+        crop_size: int | None = Field(default=None, ge=1)
 
-    def __init__(self, scales: Sequence[float] = DEEPLAB_SCALES, p: float = 1.0) -> None:
+    def __init__(self, scales: Sequence[float] = DEEPLAB_SCALES, crop_size: int | None = None, p: float = 1.0) -> None:
         super().__init__(scale_limit=0.0, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST, p=p)
         self.scales = tuple(scales)
+        self.crop_size = crop_size
 
-    def get_params(self) -> dict[str, float]:
-        return {"scale": self.py_random.choice(self.scales)}
+    def get_params(self) -> dict[str, Any]:
+        return {}
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        scale = self.py_random.choice(self.scales)
+        x0, x1 = self._window(width, scale)
+        y0, y1 = self._window(height, scale)
+        return {"scale": scale, "window": (x0, y0, x1, y1)}
+
+    def _window(self, length: int, scale: float) -> tuple[int, int]:
+        if self.crop_size is None or int(length * scale) <= self.crop_size:
+            return 0, length
+        size = min(length, math.ceil(self.crop_size / scale) + 1)
+        start = self.py_random.randint(0, length - size)
+        return start, start + size
+
+    def apply(self, img: np.ndarray, scale: float, window: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        x0, y0, x1, y1 = window
+        return super().apply(img[y0:y1, x0:x1], scale)
+
+    def apply_to_mask(self, mask: np.ndarray, scale: float, window: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        x0, y0, x1, y1 = window
+        return super().apply_to_mask(mask[y0:y1, x0:x1], scale)
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, window: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        # Normalised boxes do not change with the scale; only the window moves them.
+        return fcrops.crop_bboxes_by_coords(bboxes, window, params["shape"][:2])
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("scales",)
+        return ("scales", "crop_size")
 
 
 def photometric_distortion(p: float = 0.5) -> A.ColorJitter:
@@ -256,7 +295,7 @@ def deeplab_train_transform(
     scales = DEEPLAB_SCALES if scales is None else tuple(scales)
     steps: list[A.BasicTransform] = []
     if scales != (1.0,):
-        steps.append(RandomStepScale(scales))
+        steps.append(RandomStepScale(scales, crop_size=crop_size))
     # RandomCrop pads (bottom/right) only when the scaled image is smaller than the crop:
     # the same result as PadIfNeeded + RandomCrop at half the cost.
     steps.append(

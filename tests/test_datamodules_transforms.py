@@ -154,3 +154,25 @@ def test_deeplab_scales_are_the_listed_steps(scales: list[float]) -> None:
         out = transform(image=image, mask=mask)["mask"]
         seen.add(int((out != 255).any(axis=0).sum()) / 100)  # valid width = scale x 100
     assert seen == set(scales)
+
+
+def test_deeplab_enlarged_crops_reach_every_part_of_the_image() -> None:
+    # Red encodes the source column, green the row: a crop's corner tells where it came from.
+    yy, xx = np.mgrid[0:200, 0:256]
+    image = np.stack([xx, yy, np.zeros_like(xx)], axis=-1).astype(np.uint8)
+    mask = (xx // 64).astype(np.uint8)  # four vertical class bands
+    transform = deeplab_train_transform(129, scales=[2.0], horizontal_flip=False)
+    transform.set_random_seed(0)
+    lefts, rights, tops = [], [], []
+    for _ in range(60):
+        out = transform(image=image, mask=mask)
+        img, m = out["image"].astype(int), out["mask"]
+        assert img.shape == (129, 129, 3) and (m != 255).all()  # 2x enlarged: never padded
+        # Each output pixel's class is the band of the source column it shows.
+        np.testing.assert_array_equal(m[:, 2:-2], img[:, 2:-2, 0] // 64)
+        lefts.append(img[:, 0, 0].mean())
+        rights.append(img[:, -1, 0].mean())
+        tops.append(img[0, :, 1].mean())
+    # Crops start at both ends of the image (uniform placement), and span 129 / 2 source pixels.
+    assert min(lefts) < 8 and max(rights) > 247 and min(tops) < 8 and max(tops) > 200 - 65 - 8
+    assert all(60 <= r - l <= 66 for l, r in zip(lefts, rights))
