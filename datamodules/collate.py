@@ -28,7 +28,7 @@ def pad_images(images: Sequence[torch.Tensor], size_divisor: int = 1) -> torch.T
 
 
 def pad_masks(masks: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Stack int64 ``h_i x w_i`` masks into ``N x H x W``, padding with 255 (ignore)."""
+    """Stack ``h_i x w_i`` class-index masks into int64 ``N x H x W``, padding with 255 (ignore)."""
     batch = torch.full((len(masks), *size), IGNORE_INDEX, dtype=torch.int64)
     for out, mask in zip(batch, masks):
         out[: mask.shape[-2], : mask.shape[-1]] = mask
@@ -51,7 +51,7 @@ def detection_collate(batch: Sequence[Any]) -> tuple[torch.Tensor, list[dict[str
 
 
 class SegmentationCollate:
-    """``[(uint8 3 x h x w, int64 h x w)]`` -> ``(float32 N x 3 x H x W, int64 N x H x W)``, padded."""
+    """``[(uint8 3 x h x w, uint8 h x w)]`` -> ``(float32 N x 3 x H x W, int64 N x H x W)``, padded."""
 
     def __init__(self, size_divisor: int = 32) -> None:
         self.size_divisor = size_divisor

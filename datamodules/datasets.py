@@ -143,7 +143,8 @@ class DetectionDataset(_SkippingDataset):
 
 
 class SegmentationDataset(_SkippingDataset):
-    """Items ``(image uint8 3 x H x W, mask int64 H x W)``; 255 = ignore.
+    """Items ``(image uint8 3 x H x W, mask uint8 H x W)``; 255 = ignore (the collate
+    function gives the batch's int64 masks, widening while it pads).
 
     Masks must match their image's size and hold only ``0..num_classes-1`` or
     ``mask_ignore_index`` (the files' "ignore" value, turned into 255); anything else is a
@@ -206,4 +207,4 @@ class SegmentationDataset(_SkippingDataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(mask.astype(np.int64))
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(np.ascontiguousarray(mask))

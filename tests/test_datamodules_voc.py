@@ -151,7 +151,7 @@ def test_palette_pngs_read_as_indices_with_255_borders(seg_root: Path) -> None:
     val, _ = dm._build_dataset("val")
     assert (len(train), len(val), report.num_problems) == (2, 1, 0)
     image, mask = val[0]
-    assert image.shape == (3, H, W) and mask.dtype == torch.int64
+    assert image.shape == (3, H, W) and mask.dtype == torch.uint8
     assert mask.unique().tolist() == [0, 3, 255]  # indices, not palette colours
     assert (mask[6:24, 11:39] == 3).all() and (mask[5, 10:40] == 255).all()
 
