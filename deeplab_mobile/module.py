@@ -17,6 +17,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from backbone import load_checked
+
 from .inference import multi_scale_flip_probabilities
 from .layers import resize_bilinear
 from .metrics import IGNORE_INDEX, SegmentationScores, unrepeated_samples
@@ -34,6 +36,8 @@ class DeepLabModule(L.LightningModule):
     multi-scale and mirrored inference in validate, test and predict (the paper's MF:
     ``eval_scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], eval_flip=True``). With
     ``prediction_dir`` set, predict also writes ``<image stem>.png`` VOC palette label maps.
+    ``init_from`` names a checkpoint of this module whose model weights start training (the
+    paper's COCO -> VOC fine-tuning); unlike ``ckpt_path`` it restores no optimizer or step.
     """
 
     def __init__(
@@ -53,9 +57,10 @@ class DeepLabModule(L.LightningModule):
         poly_power: float = 0.9,
         schedule_interval: Literal["step", "epoch"] = "step",
         class_weights: list[float] | None = None,
-        eval_scales: list[float] = [1.0],  # noqa: B006  (jsonargparse reads the default)
+        eval_scales: Sequence[float] = (1.0,),
         eval_flip: bool = False,
         prediction_dir: str | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -90,8 +95,17 @@ class DeepLabModule(L.LightningModule):
         )
 
     # --- training ------------------------------------------------------------------------
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def setup(self, stage: str) -> None:
+        # Runs before Lightning restores a ``ckpt_path``, so resuming still wins.
+        if stage == "fit" and self.hparams.init_from is not None:
+            checkpoint = torch.load(self.hparams.init_from, map_location="cpu", weights_only=True)
+            weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+            load_checked(self.model, weights, source=self.hparams.init_from)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         images, masks = batch
+        if images.shape[0] == 0:  # every sample of the batch was a counted, logged skip
+            return None
         loss = F.cross_entropy(self.model(images), masks, weight=self.class_weights, ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
@@ -133,6 +147,8 @@ class DeepLabModule(L.LightningModule):
         dataloaders: DataLoader | Sequence[DataLoader] | None,
     ) -> None:
         images, masks = batch
+        if images.shape[0] == 0:
+            return
         probabilities = self.probabilities(images)
         log_probabilities = probabilities.clamp_min(1e-8).log()
         loss = F.nll_loss(log_probabilities, masks, weight=self.class_weights, ignore_index=IGNORE_INDEX)
@@ -163,6 +179,8 @@ class DeepLabModule(L.LightningModule):
     def predict_step(self, batch: tuple[torch.Tensor, list[dict[str, Any]]], batch_idx: int) -> list[dict[str, Any]]:
         """``[{"path": str, "labels": int64 orig_h x orig_w label map}, ...]``, one per image."""
         images, metas = batch
+        if images.shape[0] == 0:
+            return []
         probabilities = self.probabilities(images)
         results = []
         for probs, meta in zip(probabilities, metas):

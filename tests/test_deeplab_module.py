@@ -80,3 +80,17 @@ def test_class_weights_must_cover_every_class():
         tiny_module(class_weights=[1.0, 2.0])
     module = tiny_module(class_weights=[1.0, 2.0, 0.5])
     assert module.class_weights.tolist() == [1.0, 2.0, 0.5]
+
+
+def test_init_from_starts_fit_from_another_runs_weights(tmp_path):
+    source = tiny_module()
+    torch.nn.init.normal_(source.model.classifier.weight)
+    trainer = L.Trainer(max_steps=0, **TRAINER)
+    trainer.strategy.connect(source)
+    trainer.save_checkpoint(tmp_path / "coco.ckpt")
+    fresh = tiny_module(init_from=str(tmp_path / "coco.ckpt"))
+    fresh.setup("validate")  # only fit starts from it
+    assert not torch.equal(fresh.model.classifier.weight, source.model.classifier.weight)
+    fresh.setup("fit")
+    for (name, mine), theirs in zip(fresh.model.state_dict().items(), source.model.state_dict().values()):
+        assert torch.equal(mine, theirs), name
