@@ -25,6 +25,8 @@ from .metrics import IGNORE_INDEX, SegmentationScores, unrepeated_samples
 from .model import HeadName, build_deeplab
 from .palette import save_palette_png
 
+RUN_TIME_OPTIONS = ("output_stride", "eval_scales", "eval_flip", "prediction_dir", "init_from")
+
 
 class DeepLabModule(L.LightningModule):
     """Batches follow the project contract: training/validation/test ``(images, masks)`` with
@@ -38,6 +40,12 @@ class DeepLabModule(L.LightningModule):
     ``prediction_dir`` set, predict also writes ``<image stem>.png`` VOC palette label maps.
     ``init_from`` names a checkpoint of this module whose model weights start training (the
     paper's COCO -> VOC fine-tuning); unlike ``ckpt_path`` it restores no optimizer or step.
+
+    ``output_stride``, the evaluation options, ``prediction_dir`` and ``init_from`` are run-time
+    choices, not saved as hyperparameters: the weights are the same at OS8 and OS16, and
+    LightningCLI would otherwise let a checkpoint's saved values override the command line
+    (an OS16 checkpoint evaluated with ``--model.output_stride 8`` would silently run at 16).
+    ``load_from_checkpoint`` therefore builds OS16 unless given ``output_stride=8``.
     """
 
     def __init__(
@@ -63,7 +71,11 @@ class DeepLabModule(L.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(RUN_TIME_OPTIONS))
+        self.eval_scales = tuple(eval_scales)
+        self.eval_flip = eval_flip
+        self.prediction_dir = prediction_dir
+        self.init_from = init_from
         self.model = build_deeplab(
             num_classes=num_classes,
             backbone=backbone,
@@ -91,16 +103,16 @@ class DeepLabModule(L.LightningModule):
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """``N x C x H x W`` class probabilities with the configured scales and flip."""
         return multi_scale_flip_probabilities(
-            self.model, images, scales=self.hparams.eval_scales, flip=self.hparams.eval_flip
+            self.model, images, scales=self.eval_scales, flip=self.eval_flip
         )
 
     # --- training ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         # Runs before Lightning restores a ``ckpt_path``, so resuming still wins.
-        if stage == "fit" and self.hparams.init_from is not None:
-            checkpoint = torch.load(self.hparams.init_from, map_location="cpu", weights_only=True)
+        if stage == "fit" and self.init_from is not None:
+            checkpoint = torch.load(self.init_from, map_location="cpu", weights_only=True)
             weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-            load_checked(self.model, weights, source=self.hparams.init_from)
+            load_checked(self.model, weights, source=self.init_from)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         images, masks = batch
@@ -187,7 +199,7 @@ class DeepLabModule(L.LightningModule):
             height, width = (int(v) for v in meta["size"])
             valid = probs[None, :, :height, :width]
             labels = resize_bilinear(valid, [int(v) for v in meta["orig_size"]])[0].argmax(dim=0)
-            if self.hparams.prediction_dir is not None:
-                save_palette_png(labels, Path(self.hparams.prediction_dir) / f"{Path(meta['path']).stem}.png")
+            if self.prediction_dir is not None:
+                save_palette_png(labels, Path(self.prediction_dir) / f"{Path(meta['path']).stem}.png")
             results.append({"path": meta["path"], "labels": labels})
         return results

@@ -88,6 +88,9 @@ def test_init_from_starts_fit_from_another_runs_weights(tmp_path):
     trainer = L.Trainer(max_steps=0, **TRAINER)
     trainer.strategy.connect(source)
     trainer.save_checkpoint(tmp_path / "coco.ckpt")
+    saved = torch.load(tmp_path / "coco.ckpt", weights_only=True)["hyper_parameters"]
+    # Run-time choices are not hyperparameters: LightningCLI would let them override the command line.
+    assert saved["num_classes"] == 3 and not {"output_stride", "eval_scales", "init_from"} & set(saved)
     fresh = tiny_module(init_from=str(tmp_path / "coco.ckpt"))
     fresh.setup("validate")  # only fit starts from it
     assert not torch.equal(fresh.model.classifier.weight, source.model.classifier.weight)
