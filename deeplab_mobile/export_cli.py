@@ -10,6 +10,7 @@ hands ``export`` to this argparse command.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> Parity:
     parser.add_argument("--output_stride", type=int, default=16, choices=[8, 16, 32])
     parser.add_argument("--opset", type=int, default=18)
     args = parser.parse_args(argv)
+    for option in ("ckpt_path", "image"):
+        if not Path(getattr(args, option)).is_file():
+            parser.error(f"--{option} {getattr(args, option)}: no such file")
 
     # The checkpoint holds every weight: skip building the ImageNet backbone it started from.
     module = DeepLabModule.load_from_checkpoint(

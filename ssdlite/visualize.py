@@ -1,16 +1,29 @@
-"""Detections drawn for people: boxes with class names and scores on the original image."""
+"""What ``ssdlite predict`` writes per image with ``prediction_dir`` set: the detections as
+json and drawn for people (boxes with class names and scores on the original image)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from PIL import ImageFont
 from torchvision.io import write_jpeg
 from torchvision.utils import draw_bounding_boxes
 
 # Distinct, saturated colours; class k gets colour k mod len.
 CLASS_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#469990", "#9a6324")
+# A scalable font when the system has it; otherwise Pillow's small built-in bitmap font.
+CAPTION_FONT = "DejaVuSans.ttf"
+
+
+def _caption_font() -> str | None:
+    try:
+        ImageFont.truetype(CAPTION_FONT, 10)
+        return CAPTION_FONT
+    except OSError:
+        return None
 
 
 def draw_detections(
@@ -32,8 +45,13 @@ def draw_detections(
     names = [class_names[k] if class_names is not None else str(k) for k in labels]
     captions = [f"{name} {score:.2f}" for name, score in zip(names, scores.tolist())]
     colours = [CLASS_COLOURS[k % len(CLASS_COLOURS)] for k in labels]
-    width = max(1, round(max(image.shape[-2:]) / 200))
-    return draw_bounding_boxes(image, boxes.float(), captions, colors=colours, width=width)
+    longer_side = max(image.shape[-2:])
+    font = _caption_font()
+    return draw_bounding_boxes(
+        image, boxes.float(), captions, colors=colours, width=max(1, round(longer_side / 200)),
+        font=font, font_size=max(10, round(longer_side / 35)) if font else None,
+        fill_labels=True, label_colors="white",  # white captions on the box colour stay readable on any image
+    )
 
 
 def save_detection_picture(
@@ -55,3 +73,36 @@ def save_detection_picture(
     out.parent.mkdir(parents=True, exist_ok=True)
     write_jpeg(picture, str(out), quality=90)
     return out
+
+
+def write_prediction_files(
+    path: str | Path,
+    orig_size: Sequence[int],
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    out_dir: str | Path,
+    class_names: Sequence[str] | None = None,
+    min_score: float = 0.3,
+) -> tuple[Path, Path]:
+    """For the image at ``path``: ``<stem>.json`` with every detection and ``<stem>_boxes.jpg``
+    with those scoring at least ``min_score`` drawn; returns both paths.
+
+    ``orig_size`` ``[h, w]`` and ``boxes`` ``K x 4`` xyxy are in the original image's upright
+    pixels. The json holds ``file``, ``width``, ``height`` and ``detections``: ``box_xyxy``,
+    ``score``, ``label`` (0-based object class) and ``class_name``; unlike a COCO results file
+    it needs no image ids, so it works for any folder of images.
+    """
+    out_dir = Path(out_dir)
+    stem = Path(path).stem
+    picture = save_detection_picture(path, boxes, scores, labels, out_dir / f"{stem}_boxes.jpg", class_names, min_score)
+    height, width = (int(v) for v in orig_size)
+    detections = [
+        {"box_xyxy": [round(v, 2) for v in box], "score": round(score, 5), "label": label,
+         "class_name": class_names[label] if class_names is not None else str(label)}
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist())
+    ]
+    record = {"file": str(path), "width": width, "height": height, "detections": detections}
+    json_path = out_dir / f"{stem}.json"
+    json_path.write_text(json.dumps(record, indent=1))
+    return json_path, picture
