@@ -40,6 +40,7 @@ class SSDLite(nn.Module):
         nms_threshold: float = 0.6,
         topk_per_class: int = 100,
         detections_per_image: int = 100,
+        freeze_backbone: bool | str = False,
     ) -> None:
         super().__init__()
         self.features = features
@@ -52,6 +53,15 @@ class SSDLite(nn.Module):
         self.nms_threshold = nms_threshold
         self.topk_per_class = topk_per_class
         self.detections_per_image = detections_per_image
+        self.frozen_modules = freeze_backbone_layers(features.backbone, freeze_backbone)
+        self.train()
+
+    def train(self, mode: bool = True) -> "SSDLite":
+        """As ``nn.Module.train``; frozen backbone layers stay in eval mode (BN statistics fixed)."""
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()
+        return self
 
     @property
     def score_activation(self) -> Literal["softmax", "sigmoid"]:
@@ -101,6 +111,30 @@ class SSDLite(nn.Module):
         )
 
 
+def freeze_backbone_layers(backbone: nn.Module, freeze: bool | str) -> list[nn.Module]:
+    """Stop training the backbone (``True``) or its layers before the first parameter whose name
+    starts with ``freeze`` (e.g. ``"features.14"``: MobileNetV2 up to stride 16; ``"layer4"``:
+    ResNet). Parameters register in network order. Returns the frozen modules, to keep in eval mode.
+    """
+    if freeze is False:
+        return []
+    names = [name for name, _ in backbone.named_parameters()]
+    if freeze is True:
+        frozen = set(names)
+    else:
+        first = next((i for i, name in enumerate(names) if name.startswith(freeze)), None)
+        if first is None:
+            raise ValueError(f"freeze_backbone={freeze!r} starts no parameter name of the backbone ({names[0]} ...)")
+        frozen = set(names[:first])
+    modules = []
+    for prefix, module in backbone.named_modules():
+        own = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+        if own and all(name in frozen for name in own):
+            module.requires_grad_(False)
+            modules.append(module)
+    return modules
+
+
 def build_ssdlite(
     num_classes: int = 80,
     backbone: str = "mobilenet_v2",
@@ -120,12 +154,17 @@ def build_ssdlite(
     nms_threshold: float = 0.6,
     topk_per_class: int = 100,
     detections_per_image: int = 100,
+    freeze_backbone: bool | str = False,
 ) -> SSDLite:
     """The paper's MobileNetV2 + SSDLite (Table 6) or the same head on any registry backbone.
 
     ``num_classes`` counts object classes (background is internal). ``taps`` default to the
     backbone's deepest stride-16 and stride-32 taps. ``image_size`` is checked to give every
     map at least one pixel; anchors adapt to whatever size the model is run at.
+    ``freeze_backbone`` keeps the (pretrained) backbone fixed, weights and BN statistics
+    (``True``), or its layers before a parameter-name prefix (see ``freeze_backbone_layers``):
+    a cheap fine-tune for small data or a CPU, where the backbone's backward pass is most of a
+    training step. The paper's recipe trains everything (``False``).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -143,5 +182,5 @@ def build_ssdlite(
     )
     return SSDLite(
         features, head, anchor_generator, loss, num_classes, score_threshold, nms_threshold, topk_per_class,
-        detections_per_image,
+        detections_per_image, freeze_backbone,
     )
