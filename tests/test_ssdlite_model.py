@@ -216,3 +216,29 @@ def test_freezing_the_backbone_up_to_a_layer():
     assert not any(m.training for m in whole.features.backbone.modules() if isinstance(m, nn.BatchNorm2d))
     with pytest.raises(ValueError, match="starts no parameter"):
         build_ssdlite(num_classes=3, width_mult=0.35, freeze_backbone="layer9")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rmsprop"])
+def test_module_optimizer_skips_decay_on_bn_and_bias_and_warms_up_then_cosine(optimizer):
+    from types import SimpleNamespace
+
+    from ssdlite import SSDLiteModule
+
+    module = SSDLiteModule(num_classes=3, width_mult=0.35, image_size=128, optimizer=optimizer, lr=0.1,
+                           warmup_steps=10, warmup_factor=0.01)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=100)
+    config = module.configure_optimizers()
+    opt, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 4e-5 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(module.parameters()))
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.001) and lrs[10] == pytest.approx(0.1)
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11])) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] < 0.001
