@@ -186,10 +186,16 @@ class SSDLiteModule(LightningModule):
                 [p["labels"] for p in preds],
                 self._category_ids(),
             )
-            path = Path(self.hparams.predictions_json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(results))
-            log.info("wrote %d detections on %d images to %s", len(results), len(preds), path)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # each rank predicted its share of the images: one file, written by rank 0
+                gathered: list[list[dict]] = [[] for _ in range(torch.distributed.get_world_size())]
+                torch.distributed.all_gather_object(gathered, results)
+                results = [r for part in gathered for r in part]
+            if self.trainer.is_global_zero:
+                path = Path(self.hparams.predictions_json)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(results))
+                log.info("wrote %d detections to %s", len(results), path)
         self._predictions = []
 
     def _image_ids(self, paths: Sequence[str]) -> list[int]:
