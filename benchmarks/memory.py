@@ -44,7 +44,7 @@ def memory_rows(batch: int = 32) -> list[Row]:
     return [
         Row(
             name=f"training step peak memory, batch {batch}",
-            ours="MobileNetV2 SSDLite",
+            ours="MobileNetV2 SSDLite (channels-last weights)",
             peer="torchvision ssdlite320_mobilenet_v3_large train mode",
             ours_ms=ours,
             peer_ms=peer,
