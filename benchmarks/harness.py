@@ -9,6 +9,7 @@ ours / peer.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -70,10 +71,22 @@ def time_interleaved(
     return statistics.median(samples[0]), statistics.median(samples[1])
 
 
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows, with the core count."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name} ({os.cpu_count()} logical CPUs)"
+
+
 def machine() -> dict:
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
