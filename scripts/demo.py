@@ -1,0 +1,224 @@
+"""``make demo``: both models trained, evaluated, shown and exported on the embedded dataset.
+
+Everything goes through the commands a user runs (``ssdlite`` / ``deeplab-mobile`` with the
+shapes configs, called in-process through their ``main``) and lands in one run folder::
+
+    runs/demo/data/shapes/            the embedded dataset (COCO + VOC layouts), made once
+    runs/demo/<task>/checkpoints/     best and last checkpoints
+    runs/demo/<task>/logs/version_*/  metrics.csv and the resolved config.yaml (per command)
+    runs/demo/<task>/tensorboard/     TensorBoard events (tensorboard --logdir runs/demo)
+    runs/demo/<task>/predictions/     pictures + machine-readable predictions on val images
+    runs/demo/<task>_val_grid.jpg     a grid of those pictures
+    runs/demo/<task>.onnx             the exported model (checked against PyTorch)
+    runs/demo/summary.json            metrics, timings, parity and paths
+
+``--tiny`` runs the same steps in seconds (few images, width 0.35 without ImageNet weights,
+a few steps): the test suite uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from torchvision.io import decode_jpeg, read_file, write_jpeg
+from torchvision.transforms.v2.functional import resize
+from torchvision.utils import make_grid
+
+from datamodules.shapes import generate_shapes
+from deeplab_mobile import cli as deeplab_cli
+from deeplab_mobile import export_cli as deeplab_export
+from ssdlite import cli as ssdlite_cli
+from ssdlite import export_cli as ssdlite_export
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ("ssdlite", "deeplab")
+CONFIGS = {"ssdlite": REPO / "configs" / "ssdlite_shapes.yaml", "deeplab": REPO / "configs" / "deeplab_shapes.yaml"}
+MONITOR = {"ssdlite": "val/map", "deeplab": "val/mIoU"}
+GRID_IMAGES = 8
+GRID_CELL = 256  # pictures differ in size: each is resized to a square cell of the grid
+
+# About 3 + 2 CPU minutes of training on two cores: the shapes configs' recipes (SSDLite with
+# its backbone frozen up to stride 16), shortened to 240 and 150 iterations.
+FULL = {
+    "num_train": 192,
+    "num_val": 48,
+    "image_sizes": (320, 480),  # shortest and longest side of the generated images
+    "ssdlite": {"trainer": {"max_epochs": 20, "check_val_every_n_epoch": 10}, "model": {}},
+    "deeplab": {"trainer": {"max_steps": 150, "check_val_every_n_epoch": 3}, "model": {}},
+    "ssdlite_export_size": None,  # the checkpoint's training size
+    "deeplab_export_size": [512, 512],
+}
+TINY = {
+    "num_train": 8,
+    "num_val": 4,
+    "image_sizes": (96, 128),
+    "ssdlite": {"trainer": {"max_epochs": 1, "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0},
+                "model": {"width_mult": 0.35, "pretrained_backbone": False, "image_size": 96},
+                "data": {"image_size": 96, "batch_size": 4, "num_workers": 0}},
+    "deeplab": {"trainer": {"max_steps": 2, "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0},
+                "model": {"width_mult": 0.35, "pretrained_backbone": False},
+                "data": {"crop_size": 64, "batch_size": 4, "num_workers": 0}},
+    "ssdlite_export_size": None,
+    "deeplab_export_size": [96, 128],
+}
+
+
+def task_overrides(task: str, out: Path, data_root: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The demo's config layered over the task's shapes config: its paths, two loggers, its length."""
+    task_dir = out / task
+    monitor = MONITOR[task]
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(task_dir / "checkpoints"), "filename": "best", "monitor": monitor,
+                       "mode": "max", "save_last": True}},
+    ]
+    if task == "deeplab":  # keep the shapes config's learning-rate curve in the logs
+        callbacks.append({"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+                          "init_args": {"logging_interval": "step"}})
+    overrides: dict[str, Any] = {
+        "trainer": {
+            "default_root_dir": str(task_dir),
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                 "init_args": {"save_dir": str(task_dir), "name": "logs"}},
+                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                 "init_args": {"save_dir": str(task_dir), "name": "tensorboard"}},
+            ],
+            "callbacks": callbacks,
+            **settings[task]["trainer"],
+        },
+        "model": {"prediction_dir": str(task_dir / "predictions"), **settings[task]["model"]},
+        "data": {"init_args": {"root": str(data_root / "coco" if task == "ssdlite" else data_root),
+                               **settings[task].get("data", {})}},
+    }
+    if task == "ssdlite":
+        overrides["model"]["predictions_json"] = str(task_dir / "predictions" / "coco_results.json")
+        overrides["model"]["image_ids_from"] = str(data_root / "coco" / "annotations" / "instances_val2017.json")
+    return overrides
+
+
+def val_sample(data_root: Path, out: Path, count: int) -> Path:
+    """A folder with the first ``count`` validation images (the same files in both layouts)."""
+    folder = out / "val_sample"
+    folder.mkdir(parents=True, exist_ok=True)
+    for image in sorted((data_root / "coco" / "val2017").glob("*.jpg"))[:count]:
+        shutil.copyfile(image, folder / image.name)
+    return folder
+
+
+def save_grid(pictures: list[Path], path: Path) -> Path:
+    """The JPEG ``pictures`` resized to square cells and tiled four to a row into one JPEG at ``path``."""
+    cells = [resize(decode_jpeg(read_file(str(p))), [GRID_CELL, GRID_CELL], antialias=True) for p in pictures]
+    write_jpeg(make_grid(cells, nrow=4, padding=4, pad_value=255), str(path), quality=90)
+    return path
+
+
+def run_task(
+    task: str,
+    main: Callable[[list[str]], Any],
+    out: Path,
+    data_root: Path,
+    sample: Path,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """``fit``, ``validate`` (best checkpoint) and ``predict`` (``sample`` folder) through the
+    task's command; returns the validation metrics, timings and output paths."""
+    task_dir = out / task
+    overrides = task_dir / "demo_overrides.yaml"
+    overrides.parent.mkdir(parents=True, exist_ok=True)
+    overrides.write_text(yaml.safe_dump(task_overrides(task, out, data_root, settings), sort_keys=False))
+    configs = [f"--config={CONFIGS[task]}", f"--config={overrides}"]
+
+    start = time.perf_counter()
+    main(["fit", *configs])
+    fit_seconds = time.perf_counter() - start
+    checkpoint = task_dir / "checkpoints" / "best.ckpt"
+    if not checkpoint.is_file():  # no validation ran, so nothing was "best": use the last weights
+        checkpoint = task_dir / "checkpoints" / "last.ckpt"
+
+    cli = main(["validate", *configs, f"--ckpt_path={checkpoint}"])
+    metrics = {k: round(float(v), 4) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+    main(["predict", *configs, f"--ckpt_path={checkpoint}", f"--data.predict_path={sample}"])
+
+    suffix = "_boxes.jpg" if task == "ssdlite" else "_overlay.jpg"
+    pictures = sorted((task_dir / "predictions").glob(f"*{suffix}"))
+    grid = save_grid(pictures[:GRID_IMAGES], out / f"{task}_val_grid.jpg")
+    return {
+        "fit_seconds": round(fit_seconds, 1),
+        "checkpoint": str(checkpoint),
+        "metrics": metrics,
+        "predictions": str(task_dir / "predictions"),
+        "grid": str(grid),
+        "tensorboard": str(task_dir / "tensorboard"),
+        "logs": str(task_dir / "logs"),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="the run folder")
+    parser.add_argument("--tiny", action="store_true", help="seconds instead of minutes (tests)")
+    args = parser.parse_args(argv)
+    settings = TINY if args.tiny else FULL
+    out = args.out.resolve()
+    started = time.perf_counter()
+
+    data_root = out / "data" / "shapes"
+    if not (data_root / "classes.txt").is_file():
+        min_size, max_size = settings["image_sizes"]
+        generate_shapes(data_root, num_train=settings["num_train"], num_val=settings["num_val"], seed=0,
+                        min_size=min_size, max_size=max_size)
+    for task in TASKS:  # a re-run starts its models afresh; the (deterministic) data stays
+        shutil.rmtree(out / task, ignore_errors=True)
+    sample = val_sample(data_root, out, GRID_IMAGES)
+    parity_image = str(sorted(sample.glob("*.jpg"))[0])
+
+    summary: dict[str, Any] = {"run_folder": str(out), "data": str(data_root)}
+    summary["ssdlite"] = run_task("ssdlite", ssdlite_cli.main, out, data_root, sample, settings)
+    summary["deeplab"] = run_task("deeplab", deeplab_cli.main, out, data_root, sample, settings)
+
+    size = settings["ssdlite_export_size"]
+    parity = ssdlite_export.main(
+        ["--ckpt_path", summary["ssdlite"]["checkpoint"], "--output", str(out / "ssdlite.onnx"), "--image", parity_image,
+         *(["--image_size", str(size)] if size else [])]
+    )  # fmt: skip
+    summary["ssdlite"].update(onnx=str(out / "ssdlite.onnx"), onnx_parity=parity.summary)
+    parity = deeplab_export.main(
+        ["--ckpt_path", summary["deeplab"]["checkpoint"], "--output", str(out / "deeplab.onnx"), "--image", parity_image,
+         "--image_size", *map(str, settings["deeplab_export_size"])]
+    )  # fmt: skip
+    summary["deeplab"].update(onnx=str(out / "deeplab.onnx"), onnx_parity=parity.summary)
+
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    ssd, seg = summary["ssdlite"], summary["deeplab"]
+    lines = [
+        "",
+        f"Demo finished in {summary['wall_seconds'] / 60:.1f} min; everything is under {summary['run_folder']}",
+        f"  SSDLite          val mAP {ssd['metrics'].get('val/map', float('nan')):.3f}, "
+        f"mAP@0.5 {ssd['metrics'].get('val/map_50', float('nan')):.3f} (training {ssd['fit_seconds'] / 60:.1f} min)",
+        f"  Mobile DeepLabv3 val mIoU {seg['metrics'].get('val/mIoU', float('nan')):.3f}, "
+        f"pixel accuracy {seg['metrics'].get('val/pixel_accuracy', float('nan')):.3f} (training {seg['fit_seconds'] / 60:.1f} min)",
+        f"  pictures         {ssd['grid']}, {seg['grid']} (one per image in <task>/predictions/)",
+        f"  ONNX             {ssd['onnx']}: {ssd['onnx_parity']}",
+        f"                   {seg['onnx']}: {seg['onnx_parity']}",
+        f"  metrics          <task>/logs/version_*/metrics.csv; tensorboard --logdir {summary['run_folder']}",
+        f"  summary          {summary['run_folder']}/summary.json",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

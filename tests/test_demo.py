@@ -1,0 +1,50 @@
+"""``make demo`` in reduced form: ``scripts/demo.py --tiny`` generates data, runs fit / validate /
+predict of both commands, draws grids, exports ONNX and summarises; the run folder holds it all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from demo_run import tiny_demo_run
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return tiny_demo_run(tmp_path_factory)
+
+
+@pytest.mark.parametrize("task, metric", [("ssdlite", "val/map"), ("deeplab", "val/mIoU")])
+def test_run_folder_holds_checkpoints_logs_config_and_pictures(demo, task, metric):
+    run = Path(demo["run_folder"])
+    result = demo[task]
+    assert 0.0 <= result["metrics"][metric] <= 1.0
+    assert Path(result["checkpoint"]).is_file() and (run / task / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / task / "logs").glob("version_*/metrics.csv")), "no CSV metrics"
+    assert list((run / task / "logs").glob("version_*/config.yaml")), "no resolved config"
+    assert list((run / task / "tensorboard").rglob("events.out.tfevents.*")), "no TensorBoard events"
+
+    samples = sorted((run / "val_sample").glob("*.jpg"))
+    suffix = "_boxes.jpg" if task == "ssdlite" else "_overlay.jpg"
+    for sample in samples:  # one picture per image, at the image's own size
+        assert Image.open(run / task / "predictions" / f"{sample.stem}{suffix}").size == Image.open(sample).size
+    grid = Image.open(result["grid"])
+    assert grid.format == "JPEG" and grid.width > 256
+    assert result["onnx_parity"].endswith("OK") and Path(result["onnx"]).is_file()
+
+
+def test_detection_results_are_an_official_coco_results_file(demo):
+    run = Path(demo["run_folder"])
+    results = json.loads((run / "ssdlite" / "predictions" / "coco_results.json").read_text())
+    ground_truth = COCO(str(Path(demo["data"]) / "coco" / "annotations" / "instances_val2017.json"))
+    assert results and set(ground_truth.loadRes(results).getImgIds()) <= set(ground_truth.getImgIds())
+
+
+def test_summary_names_metrics_and_where_the_outputs_are(demo):
+    assert "val mAP" in demo["stdout"] and "val mIoU" in demo["stdout"]
+    assert demo["ssdlite"]["grid"] in demo["stdout"] and demo["deeplab"]["grid"] in demo["stdout"]
+    assert demo["wall_seconds"] > 0

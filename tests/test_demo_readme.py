@@ -1,0 +1,100 @@
+"""The README's training commands run against the embedded dataset (``fit`` for one batch
+with the tiny overrides below; the full COCO / VOC configs only parse, as they read full
+datasets). Its ``validate`` / ``predict`` / ``export`` commands, with the same options, are run
+by the demo (``tests/test_demo.py``), ``tests/test_predict_folder.py`` and ``tests/test_export.py``.
+
+Paths are substituted: ``data/coco`` and ``data/VOC`` by the shapes dataset's layouts,
+``my_data`` by the shapes files rearranged as a user's own data, checkpoints by the tiny demo's.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from deeplab_mobile.cli import main as deeplab_main
+from demo_run import REPO, tiny_demo_run
+from ssdlite.cli import main as ssdlite_main
+
+MAINS = {"ssdlite": ssdlite_main, "deeplab-mobile": deeplab_main}
+TINY = {
+    "ssdlite": ["--model.width_mult=0.35", "--model.pretrained_backbone=false", "--model.image_size=96",
+                "--data.image_size=96", "--data.batch_size=2", "--data.eval_batch_size=2", "--data.num_workers=0"],
+    "deeplab-mobile": ["--model.width_mult=0.35", "--model.pretrained_backbone=false", "--data.crop_size=64",
+                       "--data.batch_size=2", "--data.eval_batch_size=2", "--data.num_workers=0"],
+}
+QUIET = ["--trainer.enable_progress_bar=false"]  # logs go to runs/ under the test folder
+
+
+def readme_commands() -> list[list[str]]:
+    """The README's command lines that start with a console script, continuations joined."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line) for line in lines if line.split(" ", 1)[0] in MAINS]
+
+
+def user_data(shapes: Path, out: Path) -> Path:
+    """The shapes dataset rearranged as the README's ``my_data`` (both tasks' layouts)."""
+    voc = shapes / "VOCdevkit" / "VOC2012"
+    for link, target in [
+        ("images/train", shapes / "coco" / "train2017"), ("images/val", shapes / "coco" / "val2017"),
+        ("train.json", shapes / "coco" / "annotations" / "instances_train2017.json"),
+        ("val.json", shapes / "coco" / "annotations" / "instances_val2017.json"),
+        ("images_voc", voc / "JPEGImages"), ("masks", voc / "SegmentationClass"), ("splits", voc / "ImageSets" / "Segmentation"),
+    ]:  # fmt: skip
+        (out / link).parent.mkdir(parents=True, exist_ok=True)
+        (out / link).symlink_to(target)
+    return out
+
+
+def substitute(command: list[str], demo: dict, my_data: Path) -> list[str]:
+    shapes = Path(demo["data"])
+    replacements = {
+        "data/coco": str(shapes / "coco"), "data/VOC": str(shapes), "my_data": str(my_data),
+        "runs/deeplab_coco/checkpoints/last.ckpt": demo["deeplab"]["checkpoint"],
+    }
+    args = [str(REPO / arg) if arg.startswith("configs/") else replacements.get(arg, arg) for arg in command]
+    if command[0] == "deeplab-mobile" and "my_data" in command:  # the segmentation images sit apart here
+        args[args.index("images")] = "images_voc"
+    return args
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return tiny_demo_run(tmp_path_factory)
+
+
+def test_readme_shows_both_tasks_every_step():
+    commands = [" ".join(c[:2]) for c in readme_commands()]
+    for tool in MAINS:
+        assert {f"{tool} {step}" for step in ("fit", "validate", "predict", "export")} <= set(commands), commands
+
+
+def test_readme_training_commands_run(demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    my_data = user_data(Path(demo["data"]), tmp_path / "my_data")
+    ran = []
+    for command in readme_commands():
+        tool, step, *args = substitute(command, demo, my_data)
+        if step != "fit":
+            continue  # run by the demo and the predict / export tests (see above)
+        paper_config = any("mobilenetv2" in arg for arg in args)
+        if paper_config:
+            # Full COCO / VOC configs: check that the command line and config parse.
+            with pytest.raises(SystemExit) as printed:
+                MAINS[tool]([step, *args, "--print_config"])
+            assert printed.value.code in (0, None)
+            continue
+        tiny = TINY[tool]
+        if any(arg.startswith("--model.backbone") for arg in args):  # only MobileNetV2 has a width multiplier
+            tiny = [arg for arg in tiny if not arg.startswith("--model.width_mult")]
+        extra = [*tiny, *QUIET, "--trainer.fast_dev_run=1"]
+        if not any(arg.startswith("--data.root") for arg in args):  # the shapes configs' relative data/shapes
+            extra.append(f"--data.root={Path(demo['data']) / 'coco' if tool == 'ssdlite' else demo['data']}")
+        MAINS[tool]([step, *args, *extra])
+        ran.append(f"{tool} {step}")
+    assert ran == ["ssdlite fit", "ssdlite fit", "deeplab-mobile fit"], ran  # own data x 2, another backbone
