@@ -24,6 +24,7 @@ from .layers import resize_bilinear
 from .metrics import IGNORE_INDEX, SegmentationScores, unrepeated_samples
 from .model import HeadName, build_deeplab
 from .palette import save_palette_png
+from .visualize import save_segmentation_picture
 
 RUN_TIME_OPTIONS = ("output_stride", "eval_scales", "eval_flip", "prediction_dir", "init_from")
 
@@ -37,7 +38,8 @@ class DeepLabModule(L.LightningModule):
     Model arguments go to ``build_deeplab``. ``eval_scales`` / ``eval_flip`` switch on
     multi-scale and mirrored inference in validate, test and predict (the paper's MF:
     ``eval_scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], eval_flip=True``). With
-    ``prediction_dir`` set, predict also writes ``<image stem>.png`` VOC palette label maps.
+    ``prediction_dir`` set, predict also writes ``<image stem>.png`` VOC palette label maps and
+    ``<image stem>_overlay.jpg``, the classes' colours blended over the image (for people).
     ``init_from`` names a checkpoint of this module whose model weights start training (the
     paper's COCO -> VOC fine-tuning); unlike ``ckpt_path`` it restores no optimizer or step.
 
@@ -200,6 +202,8 @@ class DeepLabModule(L.LightningModule):
             valid = probs[None, :, :height, :width]
             labels = resize_bilinear(valid, [int(v) for v in meta["orig_size"]])[0].argmax(dim=0)
             if self.prediction_dir is not None:
-                save_palette_png(labels, Path(self.prediction_dir) / f"{Path(meta['path']).stem}.png")
+                stem = Path(self.prediction_dir) / Path(meta["path"]).stem
+                save_palette_png(labels, f"{stem}.png")
+                save_segmentation_picture(meta["path"], labels, f"{stem}_overlay.jpg", self.num_classes)
             results.append({"path": meta["path"], "labels": labels})
         return results

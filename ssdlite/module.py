@@ -18,8 +18,13 @@ from .loss import ClassificationLoss
 from .metrics import MetricName, detection_metric, summarize
 from .model import build_ssdlite
 from .postprocess import rescale_boxes
+from .visualize import write_prediction_files
 
 log = logging.getLogger(__name__)
+
+# Where predict writes is chosen per run: kept out of the checkpoint's hyperparameters, which
+# LightningCLI would otherwise let override the command line (as DeepLabModule does).
+RUN_TIME_OPTIONS = ("predictions_json", "image_ids_from", "prediction_dir")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -66,14 +71,20 @@ class SSDLiteModule(LightningModule):
         predictions_json: str | None = None,
         label_to_category_id: Sequence[int] | None = None,
         image_ids_from: str | None = None,
+        prediction_dir: str | None = None,
     ) -> None:
         """``predictions_json``: where ``predict`` writes an official COCO results file, with
         category ids from ``label_to_category_id`` (default: the datamodule's
         ``label_to_category_id``, else ``label + 1``) and image ids from the ``file_name`` ->
         ``id`` table of the COCO annotation file ``image_ids_from`` (default: the numeric file
-        name, as in official COCO: ``000000397133.jpg`` -> 397133)."""
+        name, as in official COCO: ``000000397133.jpg`` -> 397133). ``prediction_dir``: where
+        predict writes ``<image stem>.json`` (the detections, for any image names) and
+        ``<image stem>_boxes.jpg`` (boxes, class names and scores drawn on the image)."""
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(RUN_TIME_OPTIONS))
+        self.predictions_json = predictions_json
+        self.image_ids_from = image_ids_from
+        self.prediction_dir = prediction_dir
         self.model = build_ssdlite(
             num_classes=num_classes,
             backbone=backbone,
@@ -169,7 +180,13 @@ class SSDLiteModule(LightningModule):
         images, metas = batch
         detections = self._detect_original(images, [m["orig_size"] for m in metas])
         results = [{**meta, **det} for meta, det in zip(metas, detections)]
-        if self.hparams.predictions_json:
+        if self.prediction_dir is not None:
+            class_names = getattr(self.trainer.datamodule, "class_names", None)
+            for r in results:  # boxes are in original-image pixels, as the pictures need
+                write_prediction_files(
+                    r["path"], r["orig_size"], r["boxes"], r["scores"], r["labels"], self.prediction_dir, class_names
+                )
+        if self.predictions_json:
             self._predictions.extend(results)
         return results
 
@@ -177,7 +194,7 @@ class SSDLiteModule(LightningModule):
         self._predictions = []
 
     def on_predict_epoch_end(self) -> None:
-        if self.hparams.predictions_json:
+        if self.predictions_json:
             preds = self._predictions
             results = detections_to_coco_results(
                 self._image_ids([p["path"] for p in preds]),
@@ -192,19 +209,19 @@ class SSDLiteModule(LightningModule):
                 torch.distributed.all_gather_object(gathered, results)
                 results = [r for part in gathered for r in part]
             if self.trainer.is_global_zero:
-                path = Path(self.hparams.predictions_json)
+                path = Path(self.predictions_json)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(results))
                 log.info("wrote %d detections to %s", len(results), path)
         self._predictions = []
 
     def _image_ids(self, paths: Sequence[str]) -> list[int]:
-        if self.hparams.image_ids_from:
-            images = json.loads(Path(self.hparams.image_ids_from).read_text())["images"]
+        if self.image_ids_from:
+            images = json.loads(Path(self.image_ids_from).read_text())["images"]
             by_name = {image["file_name"]: image["id"] for image in images}
             missing = [p for p in paths if Path(p).name not in by_name]
             if missing:
-                raise ValueError(f"{self.hparams.image_ids_from} has no image named {Path(missing[0]).name} ({missing[0]})")
+                raise ValueError(f"{self.image_ids_from} has no image named {Path(missing[0]).name} ({missing[0]})")
             return [by_name[Path(p).name] for p in paths]
         ids = []
         for path in paths:
