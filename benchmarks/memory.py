@@ -2,7 +2,7 @@
 
 Each side runs in a fresh process (``python -m benchmarks.memory {ours,peer} BATCH THREADS``)
 so that neither inherits the other's allocations; the figure is the process's peak resident
-set (``ru_maxrss``) over two steps (the second holds the optimizer's momentum buffers),
+set (``VmHWM``) over two steps (the second holds the optimizer's momentum buffers),
 Python and the libraries included, beside the resident set before the first step.
 """
 
@@ -12,6 +12,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -19,7 +20,12 @@ from benchmarks.harness import Row
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident set, MB: ``VmHWM`` (reset by exec, unlike ``ru_maxrss``,
+    which a child inherits from the benchmark process that started it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB, may be inherited
 
 
 def measure(side: str, batch: int) -> dict[str, float]:
