@@ -62,17 +62,23 @@ def test_validate_miou_is_the_whole_set_confusion_matrix():
 def test_predict_writes_palette_pngs_at_the_original_size(tmp_path):
     module = tiny_module(prediction_dir=str(tmp_path), eval_scales=[0.75, 1.0], eval_flip=True).eval()
     images = torch.rand(2, 3, 40, 48)
+    sources = tmp_path / "images"
+    sources.mkdir()
     metas = [
-        {"path": "/data/a.jpg", "orig_size": [80, 96], "size": [40, 48]},
-        {"path": "/data/b.jpg", "orig_size": [50, 30], "size": [40, 24]},  # padded on the right
+        {"path": str(sources / "a.jpg"), "orig_size": [80, 96], "size": [40, 48]},
+        {"path": str(sources / "b.jpg"), "orig_size": [50, 30], "size": [40, 24]},  # padded on the right
     ]
+    for meta in metas:  # the overlay picture is drawn on the original image
+        height, width = meta["orig_size"]
+        Image.new("RGB", (width, height), (90, 120, 150)).save(meta["path"])
     with torch.no_grad():
         results = module.predict_step((images, metas), 0)
     assert [r["labels"].shape for r in results] == [(80, 96), (50, 30)]
-    for result, name in zip(results, ["a.png", "b.png"]):
-        written = Image.open(tmp_path / name)
+    for result, name in zip(results, ["a", "b"]):
+        written = Image.open(tmp_path / f"{name}.png")
         assert written.mode == "P"
         np.testing.assert_array_equal(np.array(written), result["labels"].numpy())
+        assert Image.open(tmp_path / f"{name}_overlay.jpg").size == written.size
 
 
 def test_class_weights_must_cover_every_class():
