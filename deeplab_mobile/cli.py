@@ -11,41 +11,18 @@ Any ``LightningDataModule`` can be the ``data`` (``class_path`` in the config); 
 
 from __future__ import annotations
 
-import sys
+from typing import Any
 
-from lightning import LightningDataModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-from backbone.onnx_parity import Parity
+from backbone.task_cli import run_task_cli
 
 from .module import DeepLabModule
 
 
-class DeepLabCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+def main(args: list[str] | None = None) -> Any:
+    """``fit|validate|test|predict`` on LightningCLI, ``export`` on ``deeplab_mobile.export_cli``."""
+    from .export_cli import main as export_main
 
-
-def main(args: list[str] | None = None) -> DeepLabCLI | Parity | None:
-    """Run ``args`` (default: the command line); ``export`` goes to ``deeplab_mobile.export_cli``.
-
-    Returns the finished CLI (or the export's ``Parity``) when given ``args``, and None when
-    run from the command line, so that the console script's ``sys.exit(main())`` exits 0.
-    """
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["export"]:  # LightningCLI's subcommands all need a Trainer; export does not
-        from .export_cli import main as export_main
-
-        result = export_main(argv[1:])
-    else:
-        result = DeepLabCLI(
-            DeepLabModule,
-            LightningDataModule,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
-    return result if args is not None else None
+    return run_task_cli(DeepLabModule, export_main, args)
 
 
 if __name__ == "__main__":
