@@ -16,6 +16,10 @@ from torch import nn
 from .layers import SeparableConvBNReLU, conv_bn_relu
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class ImagePooling(nn.Module):
     """Global average pool -> 1x1 conv + BN + ReLU -> broadcast back to the input's size.
 
@@ -30,8 +34,16 @@ class ImagePooling(nn.Module):
         self.conv = conv_bn_relu(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Upsampling a 1x1 map is a broadcast: expand costs no memory or compute.
-        return self.conv(self.pool(x)).expand(-1, -1, *x.shape[-2:])
+        # Upsampling a 1x1 map is a broadcast. It is materialised in x's memory format rather
+        # than left an expanded view: concatenating a view (no format) with channels-last
+        # branches gives an NCHW tensor, and every later layer of the inference fast path
+        # would then convert back (the final upsampling alone runs 3x slower in NCHW).
+        pooled = self.conv(self.pool(x))
+        out = torch.empty(
+            (x.shape[0], pooled.shape[1], *x.shape[-2:]), dtype=pooled.dtype, device=pooled.device,
+            memory_format=torch.channels_last if _is_channels_last(x) else torch.contiguous_format,
+        )
+        return out.copy_(pooled.expand_as(out))
 
 
 class ASPP(nn.Module):
