@@ -74,6 +74,12 @@ class Backbone(nn.Module):
             self.info(name)
         self.taps = tuple(taps)
 
+    def set_grad_checkpointing(self, blocks: int) -> None:
+        """Recompute the first ``blocks`` blocks in the backward pass instead of keeping their
+        activations (``backbone.grad_checkpoint``); 0 turns it off."""
+        if blocks:
+            raise NotImplementedError(f"{type(self).__name__} has no gradient checkpointing; use mobilenet_v2")
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``N x 3 x H x W`` images in [0, 1] -> the normalisation the weights expect."""
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)

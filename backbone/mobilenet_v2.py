@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
 from .base import Backbone, FeatureInfo, dilate_blocks, nominal_to_actual_strides
+from .grad_checkpoint import checkpointed
 
 # (expansion t, output channels c, repeats n, first stride s): the paper's Table 2.
 INVERTED_RESIDUAL_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -145,6 +146,7 @@ class MobileNetV2Backbone(Backbone):
             channels = layer.conv[0].out_channels if is_expansion else layer.out_channels
             self.feature_info.append(FeatureInfo(name, channels, stride))
         self.select_taps(taps if taps is not None else list(_TAPS))
+        self.grad_checkpointing = 0
 
     def select_taps(self, taps: Sequence[str]) -> None:
         super().select_taps(taps)
@@ -154,12 +156,25 @@ class MobileNetV2Backbone(Backbone):
         self._expansion_taps = {_TAPS[n][0]: n for n in self.taps if _TAPS[n][1]}
         self._output_taps = {_TAPS[n][0]: n for n in self.taps if not _TAPS[n][1]}
 
+    def set_grad_checkpointing(self, blocks: int) -> None:
+        """Recompute ``features.0`` .. ``features.<blocks - 1>`` in the backward pass.
+
+        Training SSDLite at 320 px, ``features.0-4`` (stride <= 4) keep 58% of all activations
+        for 24% of the forward multiply-adds: ``blocks=5`` is the memory-for-time sweet spot.
+        """
+        first_expansion_tap = min(self._expansion_taps, default=len(self.features))
+        if not 0 <= blocks <= first_expansion_tap:
+            raise ValueError(f"grad_checkpointing must be 0..{first_expansion_tap} blocks, got {blocks}")
+        self.grad_checkpointing = blocks
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         x = images
         for idx, layer in enumerate(self.features):
             if idx in self._expansion_taps:
                 x, out[self._expansion_taps[idx]] = layer.forward_with_expansion(x)
+            elif idx < self.grad_checkpointing:
+                x = checkpointed(layer, x)
             else:
                 x = layer(x)
             if idx in self._output_taps:
