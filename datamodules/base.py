@@ -1,26 +1,38 @@
-"""What every datamodule shares: DataLoader settings, samplers, seeding, strict mode.
+"""What every datamodule shares: DataLoader settings, samplers, seeding, strict mode, and the
+run's report of bad data.
 
 Subclasses build their datasets in ``_build_dataset(split)`` (``split`` in train / val /
 test) and give their collate functions; this base turns them into DataLoaders.
+
+Training batches are a pure function of (seed, epoch, position), so a run killed mid-epoch
+resumes exactly (``datamodules.loaders``). The seed is ``run_seed()``.
 
 Under DDP, Lightning's default sampler pads the last batch with repeated images, which a
 metric then counts twice. Evaluation loaders therefore get ``UnpaddedDistributedSampler``
 (a ``DistributedSampler``, so Lightning keeps it): every image is evaluated exactly once,
 ranks may hold one image more or less.
+
+Bad data: the problems found reading annotations (in ``setup``) and those met while decoding
+(in any worker) go to one ``ProblemLog`` per run, which logs each once; at the end of fit /
+validate / test, and when the run fails, its summary is logged and its counts are sent to the
+Lightning loggers as ``data/problems`` (all problems), ``data/problems/<kind>`` and
+``data/converted/<kind>``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .collate import PredictCollate, SegmentationCollate, detection_collate
-from .datasets import _SkippingDataset
+from .datasets import _SkippingDataset, decoded_image
+from .loaders import EpochSampler, ReportingDataLoader, ResumableDataLoader
 from .predict import ImageFolderPredictDataset
-from .problems import DataProblem, ProblemReport
+from .problems import DataProblem, ProblemLog, ProblemReport
 from .transforms import IGNORE_INDEX, deeplab_train_transform, ssd_eval_transform, ssd_train_transform
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
@@ -41,6 +53,12 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return self.num_samples
 
 
+def run_seed() -> int:
+    """The run's seed: ``PL_GLOBAL_SEED`` (set by ``seed_everything``), 0 when unset, as for
+    Lightning's own distributed sampler."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
 def scan_dataset(dataset: _SkippingDataset) -> ProblemReport:
     """Decode every sample's files (``dataset.load(i)``): unreadable or mismatched files are
     problems, conversions (grayscale, RGBA, 16-bit, CMYK, EXIF rotation) are notes."""
@@ -52,21 +70,9 @@ def scan_dataset(dataset: _SkippingDataset) -> ProblemReport:
         except DataProblem as problem:
             report.add(problem)
             continue
-        image = loaded[0] if isinstance(loaded, tuple) else loaded
-        for kind in image.conversions:
+        for kind in decoded_image(loaded).conversions:
             report.note(kind, dataset.image_path(index))
     return report
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a distinct augmentation stream per worker and epoch.
-
-    albumentations keeps its own random state inside ``Compose``; without this every worker
-    would inherit the same copy and augment identically.
-    """
-    info = get_worker_info()
-    if info is not None and isinstance(info.dataset, _SkippingDataset):
-        info.dataset.reseed(info.seed % 2**32)
 
 
 class BaseDataModule(L.LightningDataModule):
@@ -103,6 +109,9 @@ class BaseDataModule(L.LightningDataModule):
         self.strict = strict
         self.datasets: dict[str, Dataset] = {}
         self.reports: dict[str, ProblemReport] = {}
+        self.problem_log = ProblemLog(type(self).__name__)
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict[str, int] | None = None  # from a checkpoint, not yet applied
 
     # --- subclass hooks --------------------------------------------------------------------
     def _build_dataset(self, split: str) -> tuple[Dataset, ProblemReport]:
@@ -126,52 +135,129 @@ class BaseDataModule(L.LightningDataModule):
 
     # --- Lightning hooks -------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        for split in STAGE_SPLITS[stage] if stage else ("train", "val", "test"):
-            if split in self.datasets:
-                continue
-            dataset, report = self._build_dataset(split)
-            if self.strict:
-                report.extend(scan_dataset(dataset))
-                report.raise_if_problems()
-            report.log()
-            self.datasets[split], self.reports[split] = dataset, report
+        splits = STAGE_SPLITS[stage] if stage else ("train", "val", "test")
+        stage_name = getattr(stage, "value", stage) or "run"  # Lightning passes a TrainerFn (a str enum)
+        self.problem_log = ProblemLog(f"{type(self).__name__} {stage_name}")  # one per run
+        for split in splits:
+            if split not in self.datasets:
+                dataset, report = self._build_dataset(split)
+                if self.strict:
+                    report.extend(scan_dataset(dataset))
+                self.datasets[split], self.reports[split] = dataset, report
+            self.problem_log.record_report(self.reports[split], announce=self._ranks()[1] == 0)
+        if self.strict:  # before any step: one error naming every bad file of the stage's splits
+            self.problem_log.report.raise_if_problems()
         if stage == "predict":
             if self.predict_path is None:
                 raise ValueError(f"{type(self).__name__}: set predict_path to a folder or file of images to predict on")
             self.datasets["predict"] = self._predict_dataset(self.predict_path)
 
-    def train_dataloader(self) -> DataLoader:
+    def teardown(self, stage: str) -> None:
+        if stage != "predict":
+            self._report_run(self._gathered_report())
+
+    def on_exception(self, exception: BaseException) -> None:
+        # No gathering across processes here: another one may be gone.
+        self._report_run(self.problem_log.report)
+
+    # Lightning checkpoints a stateful training loader itself, but does not restore it when
+    # configure_optimizers asked for trainer.estimated_stepping_batches, as both tasks' modules
+    # do (Lightning issue 20550): the datamodule's own state, restored before that, carries it.
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_loader_state = state_dict.get("train_loader")
+        if self._train_loader is not None:  # strategies that restore after setup made it already
+            self._resume_train_loader()
+
+    def _resume_train_loader(self) -> None:
+        if self._train_loader is not None and self._train_loader_state is not None:
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+
+    def train_dataloader(self) -> ResumableDataLoader:
         dataset = self.datasets["train"]
-        return self._loader(dataset, "train", shuffle=True, drop_last=len(dataset) > self.batch_size)
+        num_replicas, rank = self._ranks()
+        sampler = EpochSampler(dataset, num_replicas, rank, seed=run_seed())
+        self._train_loader = ResumableDataLoader(
+            dataset,
+            self.problem_log,
+            sampler=sampler,
+            batch_size=self.batch_size,
+            drop_last=len(sampler) > self.batch_size,
+            collate_fn=self._collate("train"),
+            **self._worker_settings(),
+        )
+        self._resume_train_loader()
+        return self._train_loader
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"], "val")
+    def val_dataloader(self) -> ReportingDataLoader:
+        return self._evaluation_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"], "test")
+    def test_dataloader(self) -> ReportingDataLoader:
+        return self._evaluation_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["predict"], "predict")
-
-    def _loader(self, dataset: Dataset, split: str, *, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
-        sampler = None
-        trainer = self.trainer
-        if split != "train" and trainer is not None and trainer.world_size > 1:
-            sampler = UnpaddedDistributedSampler(dataset, trainer.world_size, trainer.global_rank)
-        if self.num_workers == 0 and isinstance(dataset, _SkippingDataset):
-            dataset.reseed(int(torch.randint(2**31, ())))  # follows torch's seed (seed_everything)
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            collate_fn=self._collate(split),
-            worker_init_fn=seed_worker,
+            self.datasets["predict"],
+            batch_size=self.eval_batch_size,
+            collate_fn=self._collate("predict"),
+            **self._worker_settings(),
         )
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _evaluation_loader(self, split: str) -> ReportingDataLoader:
+        dataset = self.datasets[split]
+        num_replicas, rank = self._ranks()
+        return ReportingDataLoader(
+            dataset,
+            self.problem_log,
+            sampler=UnpaddedDistributedSampler(dataset, num_replicas, rank) if num_replicas > 1 else None,
+            batch_size=self.eval_batch_size,
+            collate_fn=self._collate(split),
+            **self._worker_settings(),
+        )
+
+    def _worker_settings(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.persistent_workers and self.num_workers > 0,
+            # Workers' base seeds come from the loader's own generator: iterating a loader leaves
+            # torch's global random state alone, which a resumed run restores (backbone.training).
+            "generator": torch.Generator().manual_seed(run_seed()),
+        }
+
+    def _ranks(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached trainer; ``(1, 0)`` without one."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _gathered_report(self) -> ProblemReport:
+        """This run's problems from every process (each counted once)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.problem_log.report
+        logs: list[ProblemLog | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(logs, self.problem_log)
+        gathered = ProblemLog(self.problem_log.name)
+        for other in logs:
+            gathered.merge(other)
+        return gathered.report
+
+    def _report_run(self, report: ProblemReport) -> None:
+        """The run summary: logged (rank 0), and its counts sent to the trainer's loggers."""
+        trainer = self.trainer
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        report.log()
+        if trainer is None:
+            return
+        counts: dict[str, float] = {"data/problems": report.num_problems}
+        counts.update({f"data/problems/{kind}": len(items) for kind, items in report.problems.items() if items})
+        counts.update({f"data/converted/{kind}": len(paths) for kind, paths in report.notes.items() if paths})
+        for logger in trainer.loggers:
+            logger.log_metrics(counts, step=trainer.global_step)
 
 
 class BaseDetectionDataModule(BaseDataModule):

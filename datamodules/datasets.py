@@ -3,16 +3,22 @@
 The COCO and VOC readers turn their annotation files into ``DetectionRecord`` /
 ``SegmentationItem`` lists; the datasets here decode the files, run an albumentations
 pipeline and return tensors. A sample whose files turn out to be bad (``DataProblem``) is
-logged and returned as ``None``, which the collate functions drop: one bad file costs one
-sample, never the epoch. With ``strict=True`` the problem is raised instead.
+skipped: ``dataset.fetch(i)`` returns it as ``Fetched(None, problem, [])``, which the loaders
+(``datamodules.loaders``) log once and count, and ``dataset[i]`` is ``None``, which the
+collate functions drop: one bad file costs one sample, never the epoch. With
+``strict=True`` the problem is raised instead.
+
+``fetch(i, seed)`` augments sample ``i`` from a random stream seeded with ``seed``: the
+training sampler derives it from (run seed, epoch, index), so an epoch's samples do not depend
+on the number of workers or on where a resumed run starts.
 """
 
 from __future__ import annotations
 
-import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import albumentations as A
 import numpy as np
@@ -22,8 +28,6 @@ from torch.utils.data import Dataset
 from .io import LoadedImage, load_image, read_index_mask
 from .problems import DataProblem
 from .transforms import IGNORE_INDEX
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,25 +67,69 @@ def read_mask(source: MaskSource) -> np.ndarray:
     return read_index_mask(source)
 
 
+class SampleKey(NamedTuple):
+    """A training sampler's item: the dataset index and the seed of that sample's augmentation."""
+
+    index: int
+    seed: int
+
+
+class Fetched(NamedTuple):
+    """A sample as the loaders get it: the sample (None when skipped), the problem that skipped
+    it, and the conversions its image went through, as ``(kind, image path)``."""
+
+    sample: Any
+    problem: DataProblem | None
+    notes: list[tuple[str, str]]
+
+
+def decoded_image(loaded: LoadedImage | tuple[LoadedImage, np.ndarray]) -> LoadedImage:
+    """The image of what a dataset's ``load`` returns (an image, or an image and its mask)."""
+    return loaded[0] if isinstance(loaded, tuple) else loaded
+
+
 class _SkippingDataset(Dataset):
-    """Base: ``__getitem__`` turns a ``DataProblem`` into a logged, counted skip (``None``)."""
+    """Base: ``fetch`` turns a ``DataProblem`` into a skip that names it; ``dataset[i]`` is the
+    sample, or None when skipped. Subclasses give ``load``, ``image_path`` and ``_transformed``."""
 
     def __init__(self, transform: A.Compose | None, strict: bool) -> None:
         self.transform = transform
         self.strict = strict
-        self.skipped = 0
+
+    def load(self, index: int) -> LoadedImage | tuple[LoadedImage, np.ndarray]:
+        """The decoded, checked files of sample ``index``; raises ``DataProblem``."""
+        raise NotImplementedError
+
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def _transformed(self, index: int, loaded: Any) -> Any:
+        """The sample's tensors from its decoded files, through the augmentation."""
+        raise NotImplementedError
 
     def reseed(self, seed: int) -> None:
-        """Give the augmentation its own random stream (called in each DataLoader worker)."""
+        """Draw the augmentation from a fresh stream seeded with ``seed``: one numpy and one
+        Python generator shared by every transform of the pipeline (albumentations'
+        ``set_random_seed`` would give each transform the same draws)."""
         if self.transform is not None:
-            self.transform.set_random_seed(seed)
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
-    def _skip(self, problem: DataProblem) -> None:
-        if self.strict:
-            raise problem
-        self.skipped += 1
-        log.warning("skipping %s [%s] (%d skipped by this process)", problem, problem.kind, self.skipped)
-        return None
+    def fetch(self, index: int, seed: int | None = None) -> Fetched:
+        """Sample ``index``, augmented from the stream ``seed`` (None: the current stream), or
+        the problem that skips it (raised when ``strict``)."""
+        try:
+            loaded = self.load(index)
+        except DataProblem as problem:
+            if self.strict:
+                raise
+            return Fetched(None, problem, [])
+        if seed is not None:
+            self.reseed(seed)
+        path = str(self.image_path(index))
+        return Fetched(self._transformed(index, loaded), None, [(kind, path) for kind in decoded_image(loaded).conversions])
+
+    def __getitem__(self, index: int) -> Any:
+        return self.fetch(index).sample
 
 
 class DetectionDataset(_SkippingDataset):
@@ -122,12 +170,9 @@ class DetectionDataset(_SkippingDataset):
             )
         return loaded
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+    def _transformed(self, index: int, loaded: LoadedImage) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         record = self.records[index]
-        try:
-            image = self.load(index).array
-        except DataProblem as problem:
-            return self._skip(problem)
+        image = loaded.array
         keep = np.ones(len(record.labels), bool) if self.include_crowd else record.iscrowd == 0
         out = self.transform(
             image=image, bboxes=record.boxes[keep], labels=record.labels[keep], iscrowd=record.iscrowd[keep]
@@ -198,12 +243,8 @@ class SegmentationDataset(_SkippingDataset):
             mask = np.where(mask == self.mask_ignore_index, IGNORE_INDEX, mask).astype(np.uint8)
         return loaded, mask
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        try:
-            loaded, mask = self.load(index)
-        except DataProblem as problem:
-            return self._skip(problem)
-        image = loaded.array
+    def _transformed(self, index: int, loaded: tuple[LoadedImage, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = loaded[0].array, loaded[1]
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]

@@ -1,4 +1,5 @@
-"""Bad input, named and counted: ``DataProblem`` (one file, one reason) and ``ProblemReport``.
+"""Bad input, named and counted: ``DataProblem`` (one file, one reason), ``ProblemReport`` (by
+kind, with the files) and ``ProblemLog`` (a run's, each problem logged once).
 
 Problems found while reading annotations (unknown categories, boxes outside the image or of
 zero area, missing files) are fixed or dropped and counted; problems found while decoding a
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,11 @@ class DataProblem(Exception):
         self.kind = kind
         self.path = str(path)
         self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        # Exceptions pickle their ``args`` (here the joined text) by default: rebuild from the
+        # parts instead, so a problem met in a DataLoader worker reaches the main process.
+        return type(self), (self.kind, self.path, self.message)
 
 
 class ProblemReport:
@@ -76,13 +83,69 @@ class ProblemReport:
         return "\n".join(lines)
 
     def log(self) -> None:
-        """Warn with the summary when anything was found (counted skips stay visible)."""
-        if self.num_problems:
-            log.warning("%s", self.summary())
-        elif self.notes:
-            log.info("%s", self.summary())
+        """The summary: a warning when it holds problems, else an info line."""
+        log.log(logging.WARNING if self.num_problems else logging.INFO, "%s", self.summary())
 
     def raise_if_problems(self) -> None:
         """``strict`` mode: a ``ValueError`` listing every kind and its files."""
         if self.num_problems:
             raise ValueError(self.summary(max_files=20))
+
+
+class ProblemLog:
+    """One run's problems and conversions, each logged once, when first met; ``report`` counts
+    each once (for the run summary).
+
+    A sample's problem is one per (kind, file), however often the file is drawn (every epoch,
+    in any worker) and whatever the decoder's message said that time; an annotation's problem
+    is one per text (kind, file, annotation). Problems are warnings; conversions (grayscale,
+    RGBA, 16-bit, CMYK, ...) are info lines, since a large dataset holds many of them and
+    training uses them as converted.
+    """
+
+    def __init__(self, name: str = "run") -> None:
+        self.name = name
+        self._entries: dict[tuple[bool, str, str], str] = {}  # (is problem, kind, identity) -> text
+
+    def record(self, problems: Iterable[DataProblem] = (), notes: Iterable[tuple[str, str]] = ()) -> None:
+        """Count ``problems`` met decoding samples and ``notes`` (``(kind, path)`` conversions)."""
+        for problem in problems:
+            self._add(True, problem.kind, problem.path, str(problem))
+        for kind, path in notes:
+            self._add(False, kind, path, path)
+
+    def record_report(self, report: ProblemReport, *, announce: bool = True) -> None:
+        """Count the entries of ``report``, e.g. the one made reading annotations; logging the
+        new ones unless ``announce`` is off (processes other than rank 0 of a DDP run, which
+        all read the same annotations)."""
+        for kind, items in report.problems.items():
+            for item in items:
+                self._add(True, kind, item, item, announce)
+        for kind, paths in report.notes.items():
+            for path in paths:
+                self._add(False, kind, path, path, announce)
+
+    def merge(self, other: "ProblemLog") -> None:
+        """Count the entries of ``other`` (another process's log: they were logged there)."""
+        for key, text in other._entries.items():
+            self._entries.setdefault(key, text)
+
+    @property
+    def report(self) -> ProblemReport:
+        """Everything recorded, by kind, each once."""
+        report = ProblemReport(self.name)
+        for (is_problem, kind, _), text in self._entries.items():
+            (report.problems if is_problem else report.notes)[kind].append(text)
+        return report
+
+    def _add(self, is_problem: bool, kind: str, identity: str, text: str, announce: bool = True) -> None:
+        key = (is_problem, kind, identity)
+        if key in self._entries:
+            return
+        self._entries[key] = text
+        if not announce:
+            return
+        if is_problem:
+            log.warning("data problem [%s] %s", kind, text)
+        else:
+            log.info("converted [%s] %s", kind, text)

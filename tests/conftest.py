@@ -34,3 +34,11 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from datamodules.shapes import generate_shapes
 
     return generate_shapes(tmp_path_factory.mktemp("shapes"), num_train=96, num_val=24, seed=0)
+
+
+@pytest.fixture(scope="session")
+def bad_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A COCO dataset salted with every bad-input kind (``bad_data.write_bad_coco``)."""
+    from bad_data import write_bad_coco
+
+    return write_bad_coco(tmp_path_factory.mktemp("badcoco"))

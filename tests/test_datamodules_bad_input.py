@@ -3,7 +3,6 @@ Unusual but valid images (grayscale, RGBA, 16-bit, CMYK, EXIF-rotated) are conve
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -12,75 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from bad_data import H, W, noise, write_bad_voc_segmentation, write_odd_images
 from datamodules import CocoDetectionDataModule, VOCSegmentationDataModule
 from datamodules.check import main as check_main
 from datamodules.io import load_image
-from datamodules.shapes import voc_palette
-
-W, H = 64, 48
-
-
-def _noise(w: int = W, h: int = H, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
-def _exif_rotated(path: Path) -> None:
-    """An upright 64 x 48 image (red top-left block) stored rotated, with EXIF orientation 6."""
-    upright = np.full((H, W, 3), 200, np.uint8)
-    upright[:16, :16] = (255, 0, 0)
-    raw = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what the camera stored
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    raw.save(path, exif=exif, quality=95)
-
-
-def write_odd_images(folder: Path) -> dict[str, str]:
-    """One file per kind; returns ``{kind: file name}``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {
-        "good": "good.jpg",
-        "good2": "good2.jpg",
-        "truncated": "truncated.jpg",
-        "not_an_image": "notes.jpg",
-        "size_mismatch": "wrong_size.jpg",
-        "grayscale": "gray.jpg",
-        "rgba": "rgba.png",
-        "16_bit": "deep.png",
-        "cmyk": "cmyk.jpg",
-        "exif": "exif.jpg",
-    }
-    _noise().save(folder / files["good"])
-    _noise(seed=1).save(folder / files["good2"])
-    _noise(seed=2).save(folder / "full.jpg")
-    data = (folder / "full.jpg").read_bytes()
-    (folder / "full.jpg").unlink()
-    (folder / files["truncated"]).write_bytes(data[: len(data) // 2])
-    (folder / files["not_an_image"]).write_text("these are my notes, not a photo\n")
-    _noise(w=50, h=50).save(folder / files["size_mismatch"])
-    Image.new("L", (W, H), 77).save(folder / files["grayscale"])
-    Image.new("RGBA", (W, H), (10, 20, 30, 40)).save(folder / files["rgba"])
-    Image.fromarray(np.full((H, W), 32896, np.uint16)).save(folder / files["16_bit"])
-    Image.new("CMYK", (W, H), (0, 255, 255, 0)).save(folder / files["cmyk"])
-    _exif_rotated(folder / files["exif"])
-    return files
-
-
-@pytest.fixture(scope="module")
-def bad_coco(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("badcoco")
-    files = write_odd_images(root / "train2017")
-    names = list(files.values()) + ["missing.jpg"]
-    images = [{"id": i + 1, "file_name": n, "width": W, "height": H} for i, n in enumerate(names)]
-    anns = [
-        {"id": i + 1, "image_id": i + 1, "category_id": 3, "bbox": [2, 2, 20, 20], "area": 400, "iscrowd": 0}
-        for i in range(len(names))
-    ]
-    (root / "annotations").mkdir()
-    coco = {"images": images, "annotations": anns, "categories": [{"id": 3, "name": "thing"}]}
-    for split in ("train", "val"):
-        (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(coco))
-    (root / "val2017").symlink_to(root / "train2017")
-    return root
 
 
 def test_conversions_and_exif_orientation(tmp_path: Path) -> None:
@@ -103,8 +37,11 @@ def test_check_counts_every_kind_and_names_the_files(bad_coco: Path) -> None:
     report = dm.check(("train",))
     assert {k: len(v) for k, v in report.problems.items() if v} == {
         "missing_image": 1,
-        "unreadable_image": 2,
+        "unreadable_image": 3,
         "size_mismatch": 1,
+        "box_outside_image": 1,
+        "zero_area_box": 1,
+        "unknown_category": 1,
     }
     assert {k: len(v) for k, v in report.notes.items() if v} == {
         "grayscale": 2,
@@ -114,7 +51,7 @@ def test_check_counts_every_kind_and_names_the_files(bad_coco: Path) -> None:
         "exif_rotated": 1,
     }
     unreadable = " ".join(report.problems["unreadable_image"])
-    assert "notes.jpg" in unreadable and "truncated.jpg" in unreadable
+    assert "notes.jpg" in unreadable and "truncated.jpg" in unreadable and "truncated.png" in unreadable
     assert "wrong_size.jpg" in report.problems["size_mismatch"][0] and "50x50" in report.problems["size_mismatch"][0]
 
 
@@ -123,15 +60,17 @@ def test_training_epoch_skips_bad_samples_without_crashing(bad_coco: Path, caplo
     dm.setup("fit")
     with caplog.at_level(logging.WARNING):
         seen = sum(len(targets) for _, targets in dm.train_dataloader())
-    # 11 listed, the missing file never enters: 2 full batches of 4 (drop_last) are drawn
-    # from the shuffled 10, and whatever bad file they hit is skipped.
-    assert seen + dm.datasets["train"].skipped == 8 and seen >= 5
-    assert any("skipping" in r.message for r in caplog.records)
+    # 12 listed, the missing file never enters: 2 full batches of 4 (drop_last) are drawn
+    # from the shuffled 11, and whatever bad file they hit is skipped, logged and counted.
+    report = dm.problem_log.report
+    skipped_files = [item.split(":")[0] for kind in ("unreadable_image", "size_mismatch") for item in report.problems[kind]]
+    assert seen + len(skipped_files) == 8 and seen >= 4
+    assert all(any(f"] {name}:" in r.message for r in caplog.records) for name in skipped_files)
     skipped = []
     for index in range(len(dm.datasets["train"])):
         if dm.datasets["train"][index] is None:
             skipped.append(dm.datasets["train"].records[index].image_path.name)
-    assert sorted(skipped) == ["notes.jpg", "truncated.jpg", "wrong_size.jpg"]
+    assert sorted(skipped) == ["notes.jpg", "truncated.jpg", "truncated.png", "wrong_size.jpg"]
 
 
 def test_strict_mode_raises_before_training_naming_the_files(bad_coco: Path) -> None:
@@ -146,7 +85,7 @@ def test_strict_mode_raises_before_training_naming_the_files(bad_coco: Path) -> 
 def test_check_command_on_a_folder_and_on_a_config(bad_coco: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert check_main([str(bad_coco / "annotations" / "instances_train2017.json")]) == 1
     out = capsys.readouterr().out
-    assert "unreadable_image: 2" in out and "missing_image: 1" in out and "exif_rotated: 1" in out
+    assert "unreadable_image: 3" in out and "missing_image: 1" in out and "exif_rotated: 1" in out
     config = tmp_path / "config.yaml"
     config.write_text(
         "data:\n  class_path: datamodules.CocoDetectionDataModule\n"
@@ -157,32 +96,8 @@ def test_check_command_on_a_folder_and_on_a_config(bad_coco: Path, tmp_path: Pat
     assert "size_mismatch: 1" in capsys.readouterr().out
 
 
-def _seg_fixture(root: Path) -> Path:
-    voc = root / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (voc / sub).mkdir(parents=True)
-    masks = {
-        "ok": np.zeros((H, W), np.uint8),
-        "small": np.zeros((H // 2, W // 2), np.uint8),
-        "values": np.full((H, W), 50, np.uint8),
-        "colour": None,
-        "absent": None,
-    }
-    for i, (stem, mask) in enumerate(masks.items()):
-        _noise(seed=i).save(voc / "JPEGImages" / f"{stem}.jpg")
-        if mask is not None:
-            png = Image.fromarray(mask, mode="P")
-            png.putpalette(voc_palette())
-            png.save(voc / "SegmentationClass" / f"{stem}.png")
-    Image.new("RGB", (W, H), (128, 0, 0)).save(voc / "SegmentationClass" / "colour.png")
-    names = "".join(f"{s}\n" for s in masks)
-    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text(names)
-    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text(names)
-    return root
-
-
 def test_segmentation_bad_masks(tmp_path: Path) -> None:
-    root = _seg_fixture(tmp_path)
+    root = write_bad_voc_segmentation(tmp_path)
     dm = VOCSegmentationDataModule(str(root), num_workers=0, batch_size=2, crop_size=32)
     report = dm.check(("val",))
     assert report.counts() == {"missing_mask": 1, "mask_size_mismatch": 1, "mask_bad_values": 1, "mask_not_indexed": 1}
@@ -199,7 +114,7 @@ def test_predict_folder_of_arbitrary_images(bad_coco: Path, tmp_path: Path, capl
     folder = tmp_path / "photos"
     write_odd_images(folder)
     (folder / "sub").mkdir()
-    _noise(w=200, h=30).save(folder / "sub" / "wide.png")
+    noise(w=200, h=30).save(folder / "sub" / "wide.png")
     with caplog.at_level(logging.ERROR):
         dm = CocoDetectionDataModule(str(bad_coco), predict_path=str(folder), num_workers=0, batch_size=4, image_size=64)
         dm.setup("predict")
