@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from backbone import load_checked
+from backbone.training import RestoreRNGState, empty_batch_loss
 
 from .inference import multi_scale_flip_probabilities
 from .layers import resize_bilinear
@@ -116,13 +117,17 @@ class DeepLabModule(L.LightningModule):
             weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
             load_checked(self.model, weights, source=self.init_from)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch
-        if images.shape[0] == 0:  # every sample of the batch was a counted, logged skip
-            return None
+        if images.shape[0] < 2:  # skips left no sample, or one: too few for the image-pooling BatchNorm
+            return empty_batch_loss(self)
         loss = F.cross_entropy(self.model(images), masks, weight=self.class_weights, ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # RestoreRNGState: exact resume (Lightning does not checkpoint the random state).
+        return [RestoreRNGState()]
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Weight decay on conv/linear kernels only, not on BN or biases (as TF deeplab's slim).

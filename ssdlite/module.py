@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
-from lightning import LightningModule
+from lightning import Callback, LightningModule
 from torch import nn
 
+from backbone.training import RestoreRNGState, empty_batch_loss
 from backbone.weights import PretrainedSpec
 from datamodules import detections_to_coco_results
 
@@ -107,11 +108,17 @@ class SSDLiteModule(LightningModule):
     # --- training -------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> torch.Tensor:
         images, targets = batch
+        if len(targets) < 2:  # skips left no sample, or one: too few for BatchNorm on the 1x1 extra maps
+            return empty_batch_loss(self)
         losses = self.model(images, targets)
         loss = sum(losses.values())
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(images))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
+
+    def configure_callbacks(self) -> list[Callback]:
+        # RestoreRNGState: exact resume (Lightning does not checkpoint the random state).
+        return [RestoreRNGState()]
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
