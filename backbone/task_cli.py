@@ -9,10 +9,18 @@ from typing import Any, Callable, Sequence
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+# Every command writes checkpoints atomically (a kill mid-write keeps the previous last.ckpt);
+# a config's own trainer.plugins replaces this default.
+TRAINER_DEFAULTS = {"plugins": {"class_path": "backbone.checkpoint_io.AtomicCheckpointIO"}}
+
 
 class TaskCLI(LightningCLI):
     """LightningCLI whose model takes ``num_classes`` from the datamodule (linked at
-    instantiation, so it is set on the data side and cannot be overridden)."""
+    instantiation, so it is set on the data side and cannot be overridden), and whose Trainer
+    writes checkpoints atomically."""
+
+    def __init__(self, *args: Any, trainer_defaults: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, trainer_defaults={**TRAINER_DEFAULTS, **(trainer_defaults or {})}, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
