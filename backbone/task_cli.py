@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from .checkpoint_checks import check_module_class
+from .checkpoint_io import CheckpointError, read_checkpoint
+from .nonfinite import NonFiniteTrainingError
 
 # Every command writes checkpoints atomically (a kill mid-write keeps the previous last.ckpt);
 # a config's own trainer.plugins replaces this default.
@@ -16,14 +21,41 @@ TRAINER_DEFAULTS = {"plugins": {"class_path": "backbone.checkpoint_io.AtomicChec
 
 class TaskCLI(LightningCLI):
     """LightningCLI whose model takes ``num_classes`` from the datamodule (linked at
-    instantiation, so it is set on the data side and cannot be overridden), and whose Trainer
-    writes checkpoints atomically."""
+    instantiation, so it is set on the data side and cannot be overridden), whose Trainer
+    writes checkpoints atomically, and which checks a ``--ckpt_path`` file before using it."""
 
-    def __init__(self, *args: Any, trainer_defaults: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, trainer_defaults={**TRAINER_DEFAULTS, **(trainer_defaults or {})}, **kwargs)
+    def __init__(
+        self,
+        *args: Any,
+        trainer_defaults: dict[str, Any] | None = None,
+        parser_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # allow_abbrev=False: a misspelt option that happens to be a prefix of a real one
+        # (--trainer.max_step) is an error, not silently that option (jsonargparse 5's default).
+        super().__init__(
+            *args,
+            trainer_defaults={**TRAINER_DEFAULTS, **(trainer_defaults or {})},
+            parser_kwargs={"allow_abbrev": False, **(parser_kwargs or {})},
+            **kwargs,
+        )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, then check a ``--ckpt_path`` file: LightningCLI next applies its hyperparameters
+        to the model's arguments, where a cut file or another task's checkpoint would fail with
+        a torch or parser error that does not say so."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        # The command line refuses a value for the link target; a config file's is dropped silently.
+        if "num_classes" in config.get("model", {}):
+            parser.error("model.num_classes comes from the datamodule (data.num_classes): remove it from the config")
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():  # "last", "best" and URLs are Lightning's to resolve
+            check_module_class(read_checkpoint(ckpt_path), self.model_class, str(ckpt_path))
 
 
 def run_task_cli(
@@ -37,14 +69,17 @@ def run_task_cli(
     from the command line, so that a console script's ``sys.exit(main())`` exits 0.
     """
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["export"]:  # LightningCLI's subcommands all need a Trainer; export does not
-        result = export_main(argv[1:])
-    else:
-        result = TaskCLI(
-            module_class,
-            LightningDataModule,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=None if args is None else list(args),
-        )
+    try:
+        if argv[:1] == ["export"]:  # LightningCLI's subcommands all need a Trainer; export does not
+            result = export_main(argv[1:])
+        else:
+            result = TaskCLI(
+                module_class,
+                LightningDataModule,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+                args=None if args is None else list(args),
+            )
+    except (CheckpointError, NonFiniteTrainingError) as err:  # their message says it all: no traceback
+        raise SystemExit(f"error: {err}") from err
     return result if args is not None else None

@@ -20,9 +20,19 @@ from torchvision.models import WeightsEnum
 PretrainedSpec = bool | str | os.PathLike
 
 
-def _shorten(items: list[str], limit: int = 8) -> str:
+def shorten(items: list[str], limit: int = 8) -> str:
+    """``items`` joined by commas, cut after ``limit`` with a count of the rest."""
     more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
+
+
+def shape_mismatches(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """``"key (file shape, model shape)"`` for every key both hold with different shapes."""
+    return [
+        f"{k} (file {tuple(state_dict[k].shape)}, model {tuple(v.shape)})"
+        for k, v in own.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
 
 
 def load_checked(
@@ -37,18 +47,14 @@ def load_checked(
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own and not k.startswith(ignore)]
-    mismatched = [
-        f"{k} (file {tuple(state_dict[k].shape)}, model {tuple(v.shape)})"
-        for k, v in own.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
+    mismatched = shape_mismatches(own, state_dict)
     problems = []
     if missing:
-        problems.append(f"missing keys: {_shorten(missing)}")
+        problems.append(f"missing keys: {shorten(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_shorten(unexpected)}")
+        problems.append(f"unexpected keys: {shorten(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches: {_shorten(mismatched)}")
+        problems.append(f"shape mismatches: {shorten(mismatched)}")
     if problems:
         raise ValueError(f"weights {source} do not fit {type(module).__name__}: " + "; ".join(problems))
     module.load_state_dict({k: state_dict[k] for k in own})

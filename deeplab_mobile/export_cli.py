@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from backbone.checkpoint_checks import load_module_checkpoint
 from backbone.onnx_parity import Parity, compare_label_maps, describe_export, load_parity_batch, run_onnx
 
 from .export import export_onnx
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> Parity:
             parser.error(f"--{option} {getattr(args, option)}: no such file")
 
     # The checkpoint holds every weight: skip building the ImageNet backbone it started from.
-    module = DeepLabModule.load_from_checkpoint(
-        args.ckpt_path, map_location="cpu", pretrained_backbone=False, output_stride=args.output_stride
+    module = load_module_checkpoint(
+        DeepLabModule, args.ckpt_path, pretrained_backbone=False, output_stride=args.output_stride
     )
     model = module.model.eval()
     size = tuple(args.image_size)

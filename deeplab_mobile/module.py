@@ -18,6 +18,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from backbone import load_checked
+from backbone.checkpoint_checks import CheckedCheckpoints, check_module_class
+from backbone.checkpoint_io import read_checkpoint
+from backbone.nonfinite import NonFiniteGuard
 from backbone.training import RestoreRNGState, empty_batch_loss
 
 from .inference import multi_scale_flip_probabilities
@@ -27,10 +30,10 @@ from .model import HeadName, build_deeplab
 from .palette import save_palette_png
 from .visualize import save_segmentation_picture
 
-RUN_TIME_OPTIONS = ("output_stride", "eval_scales", "eval_flip", "prediction_dir", "init_from")
+RUN_TIME_OPTIONS = ("output_stride", "eval_scales", "eval_flip", "prediction_dir", "init_from", "max_nonfinite_steps")
 
 
-class DeepLabModule(L.LightningModule):
+class DeepLabModule(CheckedCheckpoints, L.LightningModule):
     """Batches follow the project contract: training/validation/test ``(images, masks)`` with
     float ``N x 3 x H x W`` images in [0, 1] and int64 ``N x H x W`` masks (255 = ignore);
     predict ``(images, metas)`` with ``metas[i]["path"]``, ``["orig_size"]`` ``[h, w]`` and
@@ -49,6 +52,10 @@ class DeepLabModule(L.LightningModule):
     LightningCLI would otherwise let a checkpoint's saved values override the command line
     (an OS16 checkpoint evaluated with ``--model.output_stride 8`` would silently run at 16).
     ``load_from_checkpoint`` therefore builds OS16 unless given ``output_stride=8``.
+
+    Optimizer steps with a non-finite loss are skipped, and training stops after
+    ``max_nonfinite_steps`` of them in a row (``backbone.nonfinite.NonFiniteGuard``);
+    checkpoints are saved finite and load only into a module they fit (``CheckedCheckpoints``).
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class DeepLabModule(L.LightningModule):
         eval_flip: bool = False,
         prediction_dir: str | None = None,
         init_from: str | None = None,
+        max_nonfinite_steps: int = 5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(RUN_TIME_OPTIONS))
@@ -79,6 +87,7 @@ class DeepLabModule(L.LightningModule):
         self.eval_flip = eval_flip
         self.prediction_dir = prediction_dir
         self.init_from = init_from
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.model = build_deeplab(
             num_classes=num_classes,
             backbone=backbone,
@@ -113,7 +122,8 @@ class DeepLabModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Runs before Lightning restores a ``ckpt_path``, so resuming still wins.
         if stage == "fit" and self.init_from is not None:
-            checkpoint = torch.load(self.init_from, map_location="cpu", weights_only=True)
+            checkpoint = read_checkpoint(self.init_from)
+            check_module_class(checkpoint, DeepLabModule, self.init_from)
             weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
             load_checked(self.model, weights, source=self.init_from)
 
@@ -127,7 +137,7 @@ class DeepLabModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         # RestoreRNGState: exact resume (Lightning does not checkpoint the random state).
-        return [RestoreRNGState()]
+        return [NonFiniteGuard(self.max_nonfinite_steps), RestoreRNGState()]
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Weight decay on conv/linear kernels only, not on BN or biases (as TF deeplab's slim).

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from backbone.checkpoint_checks import load_module_checkpoint
 from backbone.onnx_parity import Parity, compare_top_detections, describe_export, load_parity_batch, run_onnx
 
 from .export import OUTPUT_NAMES, export_onnx
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> Parity:
             parser.error(f"--{option} {getattr(args, option)}: no such file")
 
     # The checkpoint holds every weight: skip building the ImageNet backbone it started from.
-    module = SSDLiteModule.load_from_checkpoint(args.ckpt_path, map_location="cpu", pretrained_backbone=False)
+    module = load_module_checkpoint(SSDLiteModule, args.ckpt_path, pretrained_backbone=False)
     model = module.model.eval()
     size = args.image_size or module.hparams.image_size
     path = export_onnx(model, args.output, size, opset_version=args.opset)

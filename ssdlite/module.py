@@ -11,6 +11,8 @@ import torch
 from lightning import Callback, LightningModule
 from torch import nn
 
+from backbone.checkpoint_checks import CheckedCheckpoints
+from backbone.nonfinite import NonFiniteGuard
 from backbone.training import RestoreRNGState, empty_batch_loss
 from backbone.weights import PretrainedSpec
 from datamodules import detections_to_coco_results
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Where predict writes is chosen per run: kept out of the checkpoint's hyperparameters, which
 # LightningCLI would otherwise let override the command line (as DeepLabModule does).
-RUN_TIME_OPTIONS = ("predictions_json", "image_ids_from", "prediction_dir")
+RUN_TIME_OPTIONS = ("predictions_json", "image_ids_from", "prediction_dir", "max_nonfinite_steps")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -37,7 +39,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class SSDLiteModule(LightningModule):
+class SSDLiteModule(CheckedCheckpoints, LightningModule):
     """Trains and evaluates ``build_ssdlite(...)``.
 
     Batches follow the project's detection contract: ``(images N x 3 x S x S in [0, 1],
@@ -46,6 +48,8 @@ class SSDLiteModule(LightningModule):
     (``metric="coco"``) or ``{stage}/ap50_voc07`` (``metric="voc07"``), computed in
     original-image pixels. Optimiser: SGD (momentum) or RMSProp (TF's recipe), weight decay off
     BN and biases, linear warm-up then cosine decay to zero, stepped every iteration.
+    Optimizer steps with a non-finite loss are skipped (``backbone.nonfinite.NonFiniteGuard``);
+    checkpoints are saved finite and load only into a module they fit (``CheckedCheckpoints``).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class SSDLiteModule(LightningModule):
         label_to_category_id: Sequence[int] | None = None,
         image_ids_from: str | None = None,
         prediction_dir: str | None = None,
+        max_nonfinite_steps: int = 5,
     ) -> None:
         """``predictions_json``: where ``predict`` writes an official COCO results file, with
         category ids from ``label_to_category_id`` (default: the datamodule's
@@ -80,12 +85,14 @@ class SSDLiteModule(LightningModule):
         ``id`` table of the COCO annotation file ``image_ids_from`` (default: the numeric file
         name, as in official COCO: ``000000397133.jpg`` -> 397133). ``prediction_dir``: where
         predict writes ``<image stem>.json`` (the detections, for any image names) and
-        ``<image stem>_boxes.jpg`` (boxes, class names and scores drawn on the image)."""
+        ``<image stem>_boxes.jpg`` (boxes, class names and scores drawn on the image).
+        ``max_nonfinite_steps``: training stops after this many skipped non-finite steps in a row."""
         super().__init__()
         self.save_hyperparameters(ignore=list(RUN_TIME_OPTIONS))
         self.predictions_json = predictions_json
         self.image_ids_from = image_ids_from
         self.prediction_dir = prediction_dir
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.model = build_ssdlite(
             num_classes=num_classes,
             backbone=backbone,
@@ -118,7 +125,7 @@ class SSDLiteModule(LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         # RestoreRNGState: exact resume (Lightning does not checkpoint the random state).
-        return [RestoreRNGState()]
+        return [NonFiniteGuard(self.max_nonfinite_steps), RestoreRNGState()]
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
