@@ -12,6 +12,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from .checkpoint_checks import check_module_class
 from .checkpoint_io import CheckpointError, read_checkpoint
+from .host_memory import release_freed_tensors_to_os
 from .nonfinite import NonFiniteTrainingError
 
 # Every command writes checkpoints atomically (a kill mid-write keeps the previous last.ckpt);
@@ -73,6 +74,7 @@ def run_task_cli(
         if argv[:1] == ["export"]:  # LightningCLI's subcommands all need a Trainer; export does not
             result = export_main(argv[1:])
         else:
+            release_freed_tensors_to_os()  # CPU training's resident set stays near its real use
             result = TaskCLI(
                 module_class,
                 LightningDataModule,
