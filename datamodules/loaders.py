@@ -10,9 +10,10 @@ pure function of (seed, epoch, position):
   ``sample_seed(seed, epoch, index)``, which the dataset's ``fetch`` uses, so samples do not
   depend on the number of workers or on which worker drew them;
 - ``ResumableDataLoader`` is "stateful" for Lightning (``state_dict`` / ``load_state_dict``,
-  saved in every checkpoint): its state is the epoch and the number of batches yielded in it,
-  and a loaded state makes the next iteration of that epoch start after those batches, which
-  are not decoded again.
+  saved in every checkpoint, and carried by the datamodule's state too: see
+  ``BaseDataModule.state_dict``): its state is the epoch and the number of batches yielded in
+  it, and a loaded state makes the next iteration of that epoch start after those batches,
+  which are not decoded again.
 
 Bad data. Datasets skip bad samples inside the worker processes. ``ReportingCollate`` sends the
 problems, and the conversions of odd images, to the main process with the batch, where
