@@ -64,7 +64,9 @@ def data_rows(args: argparse.Namespace) -> list[Row]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             root = generate_shapes(tmp, num_train=num_images, num_val=1, seed=0)
-            rows = data_pipelines.run(Path(root), num_images, 0.0 if args.quick else args.min_seconds)
+            rows = data_pipelines.run(
+                Path(root), num_images, 0.0 if args.quick else args.min_seconds, Path(tmp) / "decoded_cache"
+            )
     finally:
         torch.set_num_threads(threads)
     for row in rows:

@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .decoded_cache import DecodedCache
 from .collate import PredictCollate, SegmentationCollate, detection_collate
 from .datasets import _SkippingDataset, decoded_image
 from .loaders import EpochSampler, ReportingDataLoader, ResumableDataLoader
@@ -297,7 +298,9 @@ class BaseDetectionDataModule(BaseDataModule):
 class BaseSegmentationDataModule(BaseDataModule):
     """Segmentation: DeepLab augmentations for training; whole images, padded to a multiple of
     ``size_divisor`` (mean colour / 255), for evaluation; predict images shrunk to at most
-    ``predict_max_size`` on the longer side.
+    ``predict_max_size`` on the longer side. ``decoded_cache_dir``: keep every decoded, checked
+    image and mask there as raw arrays, so later epochs skip decoding (``DecodedCache``;
+    decoding is most of the DeepLab pipeline's time; VOC trainaug needs ~8 GB).
 
     Subclasses set ``num_classes`` and ``class_names`` in ``__init__``.
     """
@@ -318,6 +321,7 @@ class BaseSegmentationDataModule(BaseDataModule):
         persistent_workers: bool,
         predict_path: str | None,
         strict: bool,
+        decoded_cache_dir: str | None = None,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, predict_path, strict)
         self.crop_size = crop_size
@@ -325,6 +329,11 @@ class BaseSegmentationDataModule(BaseDataModule):
         self.horizontal_flip = horizontal_flip
         self.size_divisor = size_divisor
         self.predict_max_size = predict_max_size
+        self.decoded_cache_dir = decoded_cache_dir
+
+    def _decoded_cache(self) -> DecodedCache | None:
+        """Where decoded images and masks are kept between epochs (``decoded_cache_dir``)."""
+        return DecodedCache(self.decoded_cache_dir) if self.decoded_cache_dir else None
 
     def _transform(self, split: str):
         if split == "train":

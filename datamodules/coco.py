@@ -261,6 +261,7 @@ class CocoSemanticMask:
     height: int
     width: int
     label_of: dict[int, int]
+    cache_key: str = ""  # names this mask for DecodedCache: annotation file version + image id
 
     def __call__(self) -> np.ndarray:
         mask = np.zeros((self.height, self.width), np.uint8)
@@ -322,6 +323,7 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
         predict_path: str | None = None,
         predict_max_size: int | None = 1024,
         strict: bool = False,
+        decoded_cache_dir: str | None = None,
     ) -> None:
         super().__init__(
             crop_size,
@@ -336,6 +338,7 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
             persistent_workers,
             predict_path,
             strict,
+            decoded_cache_dir,
         )
         self.save_hyperparameters()
         self.root = Path(root)
@@ -361,6 +364,8 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
         if missing:
             raise ValueError(f"{annotation_file}: no COCO categories named {missing}")
         label_of = {by_name[n]: label for label, n in enumerate(self.coco_names)}
+        stat = Path(annotation_file).stat()
+        annotations_version = f"{Path(annotation_file).resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.coco_names}"
         items = []
         for image_id in sorted(coco.imgs):
             info = coco.imgs[image_id]
@@ -372,6 +377,11 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
             if not path.is_file():
                 report.add(DataProblem("missing_image", path, "listed in the annotations but not on disk"))
                 continue
-            items.append(SegmentationItem(path, CocoSemanticMask(anns, int(info["height"]), int(info["width"]), label_of)))
-        dataset = SegmentationDataset(items, self._transform(split), num_classes=self.num_classes, strict=self.strict)
+            mask = CocoSemanticMask(
+                anns, int(info["height"]), int(info["width"]), label_of, f"{annotations_version}#{image_id}"
+            )
+            items.append(SegmentationItem(path, mask))
+        dataset = SegmentationDataset(
+            items, self._transform(split), num_classes=self.num_classes, strict=self.strict, cache=self._decoded_cache()
+        )
         return dataset, report

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .decoded_cache import DecodedCache
 from .io import LoadedImage, load_image, read_index_mask
 from .problems import DataProblem
 from .transforms import IGNORE_INDEX
@@ -92,9 +93,10 @@ class _SkippingDataset(Dataset):
     """Base: ``fetch`` turns a ``DataProblem`` into a skip that names it; ``dataset[i]`` is the
     sample, or None when skipped. Subclasses give ``load``, ``image_path`` and ``_transformed``."""
 
-    def __init__(self, transform: A.Compose | None, strict: bool) -> None:
+    def __init__(self, transform: A.Compose | None, strict: bool, cache: DecodedCache | None = None) -> None:
         self.transform = transform
         self.strict = strict
+        self.cache = cache
 
     def load(self, index: int) -> LoadedImage | tuple[LoadedImage, np.ndarray]:
         """The decoded, checked files of sample ``index``; raises ``DataProblem``."""
@@ -102,6 +104,17 @@ class _SkippingDataset(Dataset):
 
     def image_path(self, index: int) -> Path:
         raise NotImplementedError
+
+    def cache_sources(self, index: int) -> list[Path | str] | None:
+        """What ``load(index)`` depends on, for ``DecodedCache``; None: not cacheable."""
+        return None
+
+    def _load(self, index: int) -> LoadedImage | tuple[LoadedImage, np.ndarray]:
+        """``load(index)``, through the decoded cache when there is one."""
+        sources = self.cache_sources(index) if self.cache is not None else None
+        if sources is None:
+            return self.load(index)
+        return self.cache.get(sources, lambda: self.load(index))
 
     def _transformed(self, index: int, loaded: Any) -> Any:
         """The sample's tensors from its decoded files, through the augmentation."""
@@ -118,7 +131,7 @@ class _SkippingDataset(Dataset):
         """Sample ``index``, augmented from the stream ``seed`` (None: the current stream), or
         the problem that skips it (raised when ``strict``)."""
         try:
-            loaded = self.load(index)
+            loaded = self._load(index)
         except DataProblem as problem:
             if self.strict:
                 raise
@@ -146,8 +159,9 @@ class DetectionDataset(_SkippingDataset):
         *,
         include_crowd: bool,
         strict: bool = False,
+        cache: DecodedCache | None = None,
     ) -> None:
-        super().__init__(transform, strict)
+        super().__init__(transform, strict, cache)
         self.records = records
         self.include_crowd = include_crowd
 
@@ -156,6 +170,10 @@ class DetectionDataset(_SkippingDataset):
 
     def image_path(self, index: int) -> Path:
         return self.records[index].image_path
+
+    def cache_sources(self, index: int) -> list[Path | str]:
+        record = self.records[index]
+        return [record.image_path, f"annotated size {record.size}"]
 
     def load(self, index: int) -> LoadedImage:
         """The decoded image of record ``index``, checked against its annotated size; raises ``DataProblem``."""
@@ -205,8 +223,9 @@ class SegmentationDataset(_SkippingDataset):
         num_classes: int,
         mask_ignore_index: int = IGNORE_INDEX,
         strict: bool = False,
+        cache: DecodedCache | None = None,
     ) -> None:
-        super().__init__(transform, strict)
+        super().__init__(transform, strict, cache)
         self.items = items
         self.num_classes = num_classes
         self.mask_ignore_index = mask_ignore_index
@@ -216,6 +235,13 @@ class SegmentationDataset(_SkippingDataset):
 
     def image_path(self, index: int) -> Path:
         return self.items[index].image_path
+
+    def cache_sources(self, index: int) -> list[Path | str] | None:
+        item = self.items[index]
+        mask_source = item.mask if isinstance(item.mask, Path) else getattr(item.mask, "cache_key", None)
+        if mask_source is None:
+            return None
+        return [item.image_path, mask_source, f"classes {self.num_classes}, ignore {self.mask_ignore_index}"]
 
     def load(self, index: int) -> tuple[LoadedImage, np.ndarray]:
         """Decoded and validated ``(image, H x W uint8 mask)``; raises ``DataProblem``."""

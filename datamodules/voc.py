@@ -223,6 +223,7 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
         predict_path: str | None = None,
         predict_max_size: int | None = 1024,
         strict: bool = False,
+        decoded_cache_dir: str | None = None,
     ) -> None:
         super().__init__(
             crop_size,
@@ -237,6 +238,7 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
             persistent_workers,
             predict_path,
             strict,
+            decoded_cache_dir,
         )
         self.save_hyperparameters()
         root_path = Path(root)
@@ -301,5 +303,6 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
             num_classes=self.num_classes,
             mask_ignore_index=self.mask_ignore_index,
             strict=self.strict,
+            cache=self._decoded_cache(),
         )
         return dataset, report
