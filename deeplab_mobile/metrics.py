@@ -9,7 +9,9 @@ padding duplicates are masked out (``unrepeated_samples``).
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 from torch.utils.data import DistributedSampler, Sampler
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 IGNORE_INDEX = 255
@@ -27,6 +29,35 @@ def scores_from_confusion_matrix(confmat: torch.Tensor) -> dict[str, torch.Tenso
         "iou": iou,
         "pixel_accuracy": true_positives.sum() / confmat.sum().clamp(min=1),
     }
+
+
+class SetCrossEntropy(Metric):
+    """The cross-entropy of a whole evaluation set: the mean over all its labelled pixels,
+    weighted by class as ``F.cross_entropy(weight=...)``, whatever the batching.
+
+    Its two sums are states added across processes in float. (Lightning's ``sync_dist`` mean of
+    batch losses floors its integer image count when processes hold different numbers of
+    images, Lightning-AI/pytorch-lightning#21859; torchmetrics' ``MeanMetric`` drops the
+    weights when its NaN check is off.) A NaN stays NaN: a diverged model must show.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("loss_sum", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight_sum", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, log_probabilities: torch.Tensor, masks: torch.Tensor, class_weights: torch.Tensor | None = None) -> None:
+        """``N x C x H x W`` log-probabilities and ``N x H x W`` labels (255: ignored)."""
+        self.loss_sum += F.nll_loss(
+            log_probabilities, masks, weight=class_weights, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        labelled = masks[masks != IGNORE_INDEX]
+        self.weight_sum += labelled.numel() if class_weights is None else class_weights[labelled].sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.loss_sum / self.weight_sum
 
 
 class SegmentationScores(MulticlassConfusionMatrix):

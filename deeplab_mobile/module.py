@@ -4,7 +4,8 @@ Cross-entropy over logits at the input size (labels are never downsampled) with 
 255 and optional class weights; SGD with momentum 0.9 and weight decay 4e-5 on conv weights;
 poly learning rate ``lr * (1 - t / T) ** 0.9`` stepped per iteration. Validation and test
 accumulate one confusion matrix over the whole set (``SegmentationScores``) and log
-``{stage}/mIoU``, ``{stage}/pixel_accuracy`` and ``{stage}/iou/<class>``.
+``{stage}/mIoU``, ``{stage}/pixel_accuracy`` and ``{stage}/iou/<class>``, and ``{stage}/loss``,
+the cross-entropy over all labelled pixels of the set (the same for any batching or DDP).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from backbone.training import RestoreRNGState, empty_batch_loss
 
 from .inference import multi_scale_flip_probabilities
 from .layers import resize_bilinear
-from .metrics import IGNORE_INDEX, SegmentationScores, unrepeated_samples
+from .metrics import IGNORE_INDEX, SegmentationScores, SetCrossEntropy, unrepeated_samples
 from .model import HeadName, build_deeplab
 from .palette import save_palette_png
 from .visualize import save_segmentation_picture
@@ -107,6 +108,8 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
         self.num_classes = num_classes
         self.val_scores = SegmentationScores(num_classes)
         self.test_scores = SegmentationScores(num_classes)
+        self.val_loss = SetCrossEntropy()
+        self.test_loss = SetCrossEntropy()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``N x 3 x H x W`` images in [0, 1] -> logits ``N x C x H x W`` (single scale)."""
@@ -156,42 +159,42 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
 
     # --- validation and test -------------------------------------------------------------
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val", self.val_scores, self.trainer.val_dataloaders)
+        self._evaluate(batch, batch_idx, self.val_scores, self.val_loss, self.trainer.val_dataloaders)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test", self.test_scores, self.trainer.test_dataloaders)
+        self._evaluate(batch, batch_idx, self.test_scores, self.test_loss, self.trainer.test_dataloaders)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_scores("val", self.val_scores)
+        self._log_scores("val", self.val_scores, self.val_loss)
 
     def on_test_epoch_end(self) -> None:
-        self._log_scores("test", self.test_scores)
+        self._log_scores("test", self.test_scores, self.test_loss)
 
     def _evaluate(
         self,
         batch: tuple[torch.Tensor, torch.Tensor],
         batch_idx: int,
-        stage: str,
         scores: SegmentationScores,
+        losses: SetCrossEntropy,
         dataloaders: DataLoader | Sequence[DataLoader] | None,
     ) -> None:
         images, masks = batch
         if images.shape[0] == 0:
             return
         probabilities = self.probabilities(images)
-        log_probabilities = probabilities.clamp_min(1e-8).log()
-        loss = F.nll_loss(log_probabilities, masks, weight=self.class_weights, ignore_index=IGNORE_INDEX)
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=images.shape[0])
         # Under DDP the sampler repeats a few images to even out processes: leave them out.
         loader = dataloaders[0] if isinstance(dataloaders, Sequence) else dataloaders
         if loader is not None and loader.batch_size is not None:
             keep = unrepeated_samples(loader.sampler, batch_idx * loader.batch_size, images.shape[0])
             masks = torch.where(keep.to(masks.device).view(-1, 1, 1), masks, IGNORE_INDEX)
         scores.update(probabilities.argmax(dim=1), masks)
+        losses.update(probabilities.clamp_min(1e-8).log(), masks, self.class_weights)
 
-    def _log_scores(self, stage: str, scores: SegmentationScores) -> None:
+    def _log_scores(self, stage: str, scores: SegmentationScores, losses: SetCrossEntropy) -> None:
         result = scores.compute()  # already summed over processes: every rank logs the same
         scores.reset()
+        self.log(f"{stage}/loss", losses.compute())  # also summed over processes
+        losses.reset()
         self.log(f"{stage}/mIoU", result["miou"].float(), prog_bar=True)
         self.log(f"{stage}/pixel_accuracy", result["pixel_accuracy"].float())
         for name, iou in zip(self._class_names(), result["iou"].float()):
