@@ -29,12 +29,29 @@ TINY = {
 QUIET = ["--trainer.enable_progress_bar=false"]  # logs go to runs/ under the test folder
 
 
+# Launchers of many processes (README, "Many GPUs and nodes"), each running a console script's command.
+LAUNCHED_MODULES = {"ssdlite": "ssdlite", "deeplab_mobile": "deeplab-mobile"}  # torchrun -m <module>
+LAUNCHERS = ("torchrun", "srun")
+
+
+def console_command(words: list[str]) -> list[str]:
+    """The console script's command that ``torchrun ... -m <module> ...`` or ``srun <script> ...``
+    starts on every process; any other command as it is."""
+    if words[0] == "srun":
+        return words[1:]
+    if words[0] == "torchrun":
+        module = words.index("-m") + 1
+        return [LAUNCHED_MODULES[words[module]], *words[module + 1 :]]
+    return words
+
+
 def readme_commands() -> list[list[str]]:
-    """The README's command lines that start with a console script, continuations joined."""
+    """The README's command lines that start with a console script (or a launcher of one),
+    continuations joined."""
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
-    return [shlex.split(line) for line in lines if line.split(" ", 1)[0] in MAINS]
+    return [console_command(shlex.split(line)) for line in lines if line.split(" ", 1)[0] in (*MAINS, *LAUNCHERS)]
 
 
 def user_data(shapes: Path, out: Path) -> Path:
