@@ -9,9 +9,10 @@ Two measures at every epoch end, after garbage collection (``probes.MemoryRecord
 - resident set size: the median of the last ``WINDOW`` epochs at most ``RSS_GROWTH_MB`` above
   that of epochs ``SETTLED`` .. ``SETTLED + WINDOW``, which catches native memory the tensor
   count does not see (allocator pools, caches outside Python). Measured on this machine, both
-  tasks: single epochs scatter over 5 to 11 MB as the allocator reuses memory, window medians
-  agree within 3 MB, and the tensor count is constant from the second epoch on. 20 MB over the
-  16 epochs between the windows' middles flags a leak above ~1.3 MB per epoch.
+  tasks: single epochs scatter over 5 to 11 MB as the allocator reuses and trims memory (DeepLab
+  alternates between two levels 10 MB apart), window medians differ by at most 5.3 MB, and the
+  tensor count is constant from the second epoch on. 20 MB over the 16 epochs between the
+  windows' middles flags a leak above ~1.3 MB per epoch.
 """
 
 from __future__ import annotations
