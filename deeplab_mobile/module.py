@@ -57,6 +57,10 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
     Optimizer steps with a non-finite loss are skipped, and training stops after
     ``max_nonfinite_steps`` of them in a row (``backbone.nonfinite.NonFiniteGuard``);
     checkpoints are saved finite and load only into a module they fit (``CheckedCheckpoints``).
+
+    ``grad_checkpointing`` recomputes that many backbone blocks in the backward pass instead of
+    keeping their activations (``build_deeplab``); ``channels_last`` keeps weights, hence
+    activations, in NHWC order, which oneDNN and cuDNN run faster.
     """
 
     def __init__(
@@ -81,6 +85,8 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
         prediction_dir: str | None = None,
         init_from: str | None = None,
         max_nonfinite_steps: int = 5,
+        grad_checkpointing: int = 0,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(RUN_TIME_OPTIONS))
@@ -99,7 +105,10 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
             atrous_rates=atrous_rates,
             separable=separable,
             dropout=dropout,
+            grad_checkpointing=grad_checkpointing,
         )
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
         self.register_buffer(

@@ -1,9 +1,9 @@
 """Training really learns: Mobile DeepLabv3 on the embedded dataset's VOC layout.
 
-Pretrained MobileNetV2, the paper's reduced head at OS16, SGD + poly; 100 iterations of batch 8
-at 224x224 crops (images scaled by 0.5 or 0.75) on two CPU cores. Validation runs on the whole
-320-480 px images scaled by 0.75, the scale training saw (measured: mIoU 0.638 over background
-and the five shapes, pixel accuracy 0.954; 0.614 / 0.953 at scale 1.0).
+Pretrained MobileNetV2 (channels-last), the paper's reduced head at OS16, SGD + poly; 140
+iterations of batch 8 at 224x224 crops (images scaled by 0.5 or 0.75) on two CPU cores, about
+a minute. Validation runs on the whole 320-480 px images scaled by 0.75, the scale training saw
+(measured: mIoU 0.686 over background and the five shapes, pixel accuracy 0.961).
 """
 
 import lightning as L
@@ -28,7 +28,7 @@ def test_reduced_head_learns_the_shapes_dataset(shapes_root, pretrained_weights_
     )
     model = DeepLabModule(num_classes=data.num_classes, pretrained_backbone=True, lr=0.05, eval_scales=[0.75])
     quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    L.Trainer(max_steps=100, limit_val_batches=0, enable_checkpointing=False, **quiet).fit(model, datamodule=data)
+    L.Trainer(max_steps=140, limit_val_batches=0, enable_checkpointing=False, **quiet).fit(model, datamodule=data)
     (scores,) = L.Trainer(**quiet).validate(model, datamodule=data, verbose=False)
     print({name: round(value, 3) for name, value in scores.items()})
     ious = [scores[f"val/iou/{name}"] for name in data.class_names]
