@@ -95,10 +95,14 @@ def test_readme_training_commands_run(demo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     my_data = user_data(Path(demo["data"]), tmp_path / "my_data")
     ran = []
-    for command in readme_commands():
+    for number, command in enumerate(readme_commands()):
         tool, step, *args = substitute(command, demo, my_data)
         if step != "fit":
             continue  # run by the demo and the predict / export tests (see above)
+        # Each in a folder of its own: `--ckpt_path last` must not find another command's run
+        # (tests/test_resume.py resumes a killed run for real).
+        (tmp_path / f"command_{number}").mkdir()
+        monkeypatch.chdir(tmp_path / f"command_{number}")
         paper_config = any("mobilenetv2" in arg for arg in args)
         if paper_config:
             # Full COCO / VOC configs: check that the command line and config parse.
@@ -114,4 +118,5 @@ def test_readme_training_commands_run(demo, tmp_path, monkeypatch):
             extra.append(f"--data.root={Path(demo['data']) / 'coco' if tool == 'ssdlite' else demo['data']}")
         MAINS[tool]([step, *args, *extra])
         ran.append(f"{tool} {step}")
-    assert ran == ["ssdlite fit", "ssdlite fit", "deeplab-mobile fit"], ran  # own data x 2, another backbone
+    # own data x 2, another backbone, resume, gradient checkpointing, decoded cache
+    assert ran == ["ssdlite fit", "ssdlite fit", "deeplab-mobile fit", "ssdlite fit", "ssdlite fit", "deeplab-mobile fit"], ran
