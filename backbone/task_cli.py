@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
@@ -84,4 +85,9 @@ def run_task_cli(
             )
     except (CheckpointError, NonFiniteTrainingError) as err:  # their message says it all: no traceback
         raise SystemExit(f"error: {err}") from err
+    finally:
+        # Lightning leaves the DDP process group up (a script may run the Trainer again); a
+        # command ends here, and a gloo group still up at interpreter exit can abort the process.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return result if args is not None else None
