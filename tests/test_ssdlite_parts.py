@@ -4,12 +4,13 @@ import math
 
 import pytest
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou, nms
 
 from ssdlite import BoxCoder, SSDAnchorGenerator, SSDLiteHead, decode_detections, match_anchors, pad_targets
 from ssdlite.loss import MultiBoxLoss, hard_negative_mask
 from ssdlite.matcher import BACKGROUND
-from ssdlite.postprocess import rescale_boxes, select_detections
+import ssdlite.postprocess
+from ssdlite.postprocess import rescale_boxes, rowwise_box_iou, select_detections
 
 MAPS_320 = [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
 
@@ -162,3 +163,82 @@ def test_post_processing_thresholds_nms_and_caps():
         rescale_boxes(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), (64, 64), (128, 32)),
         torch.tensor([[5.0, 40.0, 15.0, 80.0]]),
     )
+
+
+def torchvision_select_detections(boxes, scores, score_threshold, nms_threshold, topk_per_class, detections_per_image, nms_fn):
+    """The reference: per image, top-k per class, threshold, ``nms_fn`` (class-wise), cap."""
+    results = []
+    for image_boxes, image_scores in zip(boxes, scores):
+        top_scores, top_anchors = image_scores.t().topk(min(topk_per_class, image_scores.shape[0]), dim=1)
+        labels = torch.arange(image_scores.shape[1])[:, None].expand_as(top_scores).flatten()
+        top_scores, top_anchors = top_scores.flatten(), top_anchors.flatten()
+        above = top_scores > score_threshold
+        top_scores, labels, candidate_boxes = top_scores[above], labels[above], image_boxes[top_anchors[above]]
+        keep = nms_fn(candidate_boxes, top_scores, labels, nms_threshold)[:detections_per_image]
+        results.append({"boxes": candidate_boxes[keep], "scores": top_scores[keep], "labels": labels[keep]})
+    return results
+
+
+def random_detection_case(generator, num_images, num_anchors, num_classes, spread):
+    xy = torch.rand(num_images, num_anchors, 2, generator=generator) * spread
+    wh = torch.rand(num_images, num_anchors, 2, generator=generator) * 40 + 0.5
+    # distinct scores: NMS may order tied ones either way
+    ranks = torch.randperm(num_images * num_anchors * num_classes, generator=generator) + 1
+    scores = (ranks / ranks.numel()).pow(3).view(num_images, num_anchors, num_classes)
+    return torch.cat([xy, xy + wh], dim=-1), scores
+
+
+def nms_class_by_class(boxes, scores, labels, threshold):
+    """``torchvision.ops.nms`` on each class alone: ``batched_nms`` above 1,000 boxes on CPU. (Below,
+    it shifts each class's boxes apart and runs one ``nms``, which can round IoUs differently.)"""
+    keep = [torch.nonzero(labels == c).flatten()[nms(boxes[labels == c], scores[labels == c], threshold)] for c in labels.unique()]
+    keep = torch.cat(keep) if keep else labels[:0]
+    return keep[scores[keep].argsort(descending=True)]
+
+
+@pytest.mark.parametrize(
+    "one_call, prefix, chunk_elements, reference_nms, paths_taken",
+    [(1000, 256, 1 << 18, batched_nms, ("one call", "prefix")), (0, 16, 1000, nms_class_by_class, ("prefix", "rows"))],
+)
+def test_fast_class_wise_nms_equals_torchvision(monkeypatch, one_call, prefix, chunk_elements, reference_nms, paths_taken):
+    """Every path of ``select_detections`` (``batched_nms`` itself, the best-candidates prefix,
+    every class's row in chunks of IoU entries) gives exactly torchvision's class-wise NMS."""
+    monkeypatch.setattr(ssdlite.postprocess, "ONE_CALL_CANDIDATES", one_call)
+    monkeypatch.setattr(ssdlite.postprocess, "NMS_PREFIX", prefix)
+    monkeypatch.setattr(ssdlite.postprocess, "NMS_CHUNK_ELEMENTS", chunk_elements)
+    generator = torch.Generator().manual_seed(0)
+    paths = {"one call": 0, "prefix": 0, "rows": 0}
+    for case in range(120):
+        num_images, num_anchors, num_classes = (int(torch.randint(1, n, (1,), generator=generator)) for n in (4, 400, 20))
+        # spread 30: boxes pile up and suppress each other (few kept, the rows path); 300: mostly kept
+        boxes, scores = random_detection_case(generator, num_images, num_anchors, num_classes, 30 if case % 2 else 300)
+        score_threshold, nms_threshold = float(torch.rand(1, generator=generator)) * 0.3, 0.1 + 0.8 * float(torch.rand(1, generator=generator))
+        topk, cap = int(torch.randint(1, 150, (1,), generator=generator)), int(torch.randint(1, 300, (1,), generator=generator))
+        ours = select_detections(boxes, scores, score_threshold, nms_threshold, topk, cap)
+        reference = torchvision_select_detections(boxes, scores, score_threshold, nms_threshold, topk, cap, reference_nms)
+        for image_ours, image_reference, image_scores in zip(ours, reference, scores):
+            for key in ("boxes", "scores", "labels"):
+                assert torch.equal(image_ours[key], image_reference[key]), (case, key)
+            candidates = int((image_scores.t().topk(min(topk, num_anchors), dim=1).values > score_threshold).sum())
+            if candidates <= one_call:
+                paths["one call"] += 1
+            else:
+                paths["prefix" if len(image_ours["boxes"]) >= cap or candidates <= prefix else "rows"] += 1
+    assert all(paths[path] >= 20 for path in paths_taken), paths  # each path really ran
+
+
+def test_fast_class_wise_nms_at_coco_scale_equals_batched_nms():
+    """80 classes x 100 candidates an image, random and one-object scenes: ``batched_nms`` itself."""
+    generator = torch.Generator().manual_seed(1)
+    random_scene = random_detection_case(generator, 2, 2034, 80, 280)
+    one_object = torch.tensor([100.0, 100.0, 200.0, 200.0]) + 3 * torch.randn(2, 2034, 4, generator=generator)
+    for boxes, scores in (random_scene, (one_object, random_scene[1])):
+        ours = select_detections(boxes, scores, 0.001, 0.6, 100, 100)
+        reference = torchvision_select_detections(boxes, scores, 0.001, 0.6, 100, 100, batched_nms)
+        for image_ours, image_reference in zip(ours, reference):
+            assert all(torch.equal(image_ours[key], image_reference[key]) for key in image_ours)
+
+
+def test_rowwise_box_iou_is_torchvision_box_iou_bit_for_bit():
+    boxes, _ = random_detection_case(torch.Generator().manual_seed(2), 5, 64, 1, 100)
+    assert torch.equal(rowwise_box_iou(boxes), torch.stack([box_iou(row, row) for row in boxes]))
