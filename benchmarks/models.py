@@ -100,13 +100,12 @@ def detection_rows(timing: Timing, fast: bool, batches: tuple[int, ...] = (1, 16
         t = timing.heavy() if batch > 1 else timing
         ours_s, peer_s = time_interleaved(ours, peer, warmup=t.warmup, min_repeats=t.min_repeats, min_seconds=t.min_seconds)
         rows.append(
-            Row(
+            Row.timed(
                 name=f"detection end to end, batch {batch}",
                 ours="MobileNetV2 SSDLite" + (" (fast path)" if fast else ""),
                 peer="torchvision ssdlite320_mobilenet_v3_large",
-                ours_ms=1000 * ours_s,
-                peer_ms=1000 * peer_s,
-                ratio=ours_s / peer_s,
+                ours_s=ours_s,
+                peer_s=peer_s,
                 target="<= 0.75" if batch == 1 else "",
                 settings={
                     "batch": batch,
@@ -179,13 +178,12 @@ def onnx_rows(timing: Timing, fast: bool, batch: int = 1) -> list[Row]:
         ours, peer, warmup=timing.warmup, min_repeats=timing.min_repeats, min_seconds=timing.min_seconds, block=6
     )
     return [
-        Row(
+        Row.timed(
             name=f"detection deployment, batch {batch}",
             ours=f"ONNX in onnxruntime {ort.__version__} + our NMS",
             peer="torchvision ssdlite320_mobilenet_v3_large eager",
-            ours_ms=1000 * ours_s,
-            peer_ms=1000 * peer_s,
-            ratio=ours_s / peer_s,
+            ours_s=ours_s,
+            peer_s=peer_s,
             target="<= 0.35",
             settings={
                 "batch": batch,
@@ -250,13 +248,12 @@ def segmentation_rows(timing: Timing, fast: bool, sizes: tuple[int, ...] = (512,
                 ours, peer, warmup=timing.warmup, min_repeats=timing.min_repeats, min_seconds=timing.min_seconds
             )
             rows.append(
-                Row(
+                Row.timed(
                     name=f"segmentation {size}x{size}, batch 1",
                     ours="Mobile DeepLabv3 reduced head OS16" + (" (fast path)" if fast else ""),
                     peer=name,
-                    ours_ms=1000 * ours_s,
-                    peer_ms=1000 * peer_s,
-                    ratio=ours_s / peer_s,
+                    ours_s=ours_s,
+                    peer_s=peer_s,
                     target=target,
                     settings={
                         "batch": 1,
@@ -288,13 +285,12 @@ def size_step_row(model: nn.Module, timing: Timing) -> Row:
         timed[513], timed[512], warmup=timing.warmup, min_repeats=timing.min_repeats, min_seconds=timing.min_seconds
     )
     madds = {size: multiply_adds(lambda size=size: model(torch.rand(1, 3, size, size))) for size in (512, 513)}
-    return Row(
+    return Row.timed(
         name="segmentation 513 vs 512 (ours)",
         ours="ours at 513",
         peer="ours at 512",
-        ours_ms=1000 * t513,
-        peer_ms=1000 * t512,
-        ratio=t513 / t512,
+        ours_s=t513,
+        peer_s=t512,
         target="<= 1.05",
         settings={
             "pixel ratio": round((513 / 512) ** 2, 4),

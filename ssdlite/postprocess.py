@@ -99,7 +99,9 @@ def class_rows_nms(boxes: torch.Tensor, candidates: torch.Tensor, iou_threshold:
     return torch.cat(keep) if keep else candidates
 
 
-def prefix_nms(boxes: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def prefix_nms(
+    boxes: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     """Class-wise greedy NMS on candidates sorted by descending score, all classes at once:
     ``K`` bool, kept. ``boxes`` ``K x 4`` xyxy, ``labels`` ``K``, ``candidates`` ``K`` bool."""
     suppresses = (
@@ -159,11 +161,12 @@ def select_detections(
     """
     k = min(topk_per_class, scores.shape[1])
     top_scores, top_anchors = scores.transpose(1, 2).topk(k, dim=2)  # N x C x k, best anchors per class
-    candidate_boxes = boxes.gather(1, top_anchors.flatten(1)[..., None].expand(-1, -1, 4)).unflatten(1, top_scores.shape[1:])
+    candidate_boxes = boxes.gather(1, top_anchors.flatten(1)[..., None].expand(-1, -1, 4))  # N x Ck x 4
     results = []
-    for image_boxes, image_scores in zip(candidate_boxes, top_scores):
+    for image_boxes, image_scores in zip(candidate_boxes.unflatten(1, top_scores.shape[1:]), top_scores):
         keep = image_nms(image_boxes, image_scores, image_scores > score_threshold, nms_threshold, detections_per_image)
-        results.append({"boxes": image_boxes.reshape(-1, 4)[keep], "scores": image_scores.flatten()[keep], "labels": keep // k})
+        boxes_kept, scores_kept = image_boxes.reshape(-1, 4)[keep], image_scores.flatten()[keep]
+        results.append({"boxes": boxes_kept, "scores": scores_kept, "labels": keep // k})
     return results
 
 

@@ -165,7 +165,7 @@ def test_post_processing_thresholds_nms_and_caps():
     )
 
 
-def torchvision_select_detections(boxes, scores, score_threshold, nms_threshold, topk_per_class, detections_per_image, nms_fn):
+def torchvision_select_detections(boxes, scores, score_threshold, nms_threshold, topk_per_class, detections, nms_fn):
     """The reference: per image, top-k per class, threshold, ``nms_fn`` (class-wise), cap."""
     results = []
     for image_boxes, image_scores in zip(boxes, scores):
@@ -174,7 +174,7 @@ def torchvision_select_detections(boxes, scores, score_threshold, nms_threshold,
         top_scores, top_anchors = top_scores.flatten(), top_anchors.flatten()
         above = top_scores > score_threshold
         top_scores, labels, candidate_boxes = top_scores[above], labels[above], image_boxes[top_anchors[above]]
-        keep = nms_fn(candidate_boxes, top_scores, labels, nms_threshold)[:detections_per_image]
+        keep = nms_fn(candidate_boxes, top_scores, labels, nms_threshold)[:detections]
         results.append({"boxes": candidate_boxes[keep], "scores": top_scores[keep], "labels": labels[keep]})
     return results
 
@@ -191,8 +191,8 @@ def random_detection_case(generator, num_images, num_anchors, num_classes, sprea
 def nms_class_by_class(boxes, scores, labels, threshold):
     """``torchvision.ops.nms`` on each class alone: ``batched_nms`` above 1,000 boxes on CPU. (Below,
     it shifts each class's boxes apart and runs one ``nms``, which can round IoUs differently.)"""
-    keep = [torch.nonzero(labels == c).flatten()[nms(boxes[labels == c], scores[labels == c], threshold)] for c in labels.unique()]
-    keep = torch.cat(keep) if keep else labels[:0]
+    per_class = [(labels == c).nonzero().flatten() for c in labels.unique()]
+    keep = torch.cat([index[nms(boxes[index], scores[index], threshold)] for index in per_class] or [labels[:0]])
     return keep[scores[keep].argsort(descending=True)]
 
 
@@ -200,7 +200,9 @@ def nms_class_by_class(boxes, scores, labels, threshold):
     "one_call, prefix, chunk_elements, reference_nms, paths_taken",
     [(1000, 256, 1 << 18, batched_nms, ("one call", "prefix")), (0, 16, 1000, nms_class_by_class, ("prefix", "rows"))],
 )
-def test_fast_class_wise_nms_equals_torchvision(monkeypatch, one_call, prefix, chunk_elements, reference_nms, paths_taken):
+def test_fast_class_wise_nms_equals_torchvision(
+    monkeypatch, one_call, prefix, chunk_elements, reference_nms, paths_taken
+):
     """Every path of ``select_detections`` (``batched_nms`` itself, the best-candidates prefix,
     every class's row in chunks of IoU entries) gives exactly torchvision's class-wise NMS."""
     monkeypatch.setattr(ssdlite.postprocess, "ONE_CALL_CANDIDATES", one_call)
@@ -212,8 +214,9 @@ def test_fast_class_wise_nms_equals_torchvision(monkeypatch, one_call, prefix, c
         num_images, num_anchors, num_classes = (int(torch.randint(1, n, (1,), generator=generator)) for n in (4, 400, 20))
         # spread 30: boxes pile up and suppress each other (few kept, the rows path); 300: mostly kept
         boxes, scores = random_detection_case(generator, num_images, num_anchors, num_classes, 30 if case % 2 else 300)
-        score_threshold, nms_threshold = float(torch.rand(1, generator=generator)) * 0.3, 0.1 + 0.8 * float(torch.rand(1, generator=generator))
-        topk, cap = int(torch.randint(1, 150, (1,), generator=generator)), int(torch.randint(1, 300, (1,), generator=generator))
+        score_threshold = 0.3 * float(torch.rand(1, generator=generator))
+        nms_threshold = 0.1 + 0.8 * float(torch.rand(1, generator=generator))
+        topk, cap = (int(torch.randint(1, n, (1,), generator=generator)) for n in (150, 300))
         ours = select_detections(boxes, scores, score_threshold, nms_threshold, topk, cap)
         reference = torchvision_select_detections(boxes, scores, score_threshold, nms_threshold, topk, cap, reference_nms)
         for image_ours, image_reference, image_scores in zip(ours, reference, scores):
