@@ -16,6 +16,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from .base import Backbone, FeatureInfo, dilate_blocks, nominal_to_actual_strides
 from .grad_checkpoint import checkpointed
+from .relu6 import ReLU6
 
 # (expansion t, output channels c, repeats n, first stride s): the paper's Table 2.
 INVERTED_RESIDUAL_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -47,9 +48,9 @@ class InvertedResidual(nn.Module):
         self.has_expansion = expand_ratio != 1
         layers: list[nn.Module] = []
         if self.has_expansion:
-            layers.append(Conv2dNormActivation(in_channels, hidden, kernel_size=1, activation_layer=nn.ReLU6))
+            layers.append(Conv2dNormActivation(in_channels, hidden, kernel_size=1, activation_layer=ReLU6))
         layers += [
-            Conv2dNormActivation(hidden, hidden, stride=stride, groups=hidden, activation_layer=nn.ReLU6),
+            Conv2dNormActivation(hidden, hidden, stride=stride, groups=hidden, activation_layer=ReLU6),
             nn.Conv2d(hidden, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
         ]
@@ -71,13 +72,13 @@ def build_features(width_mult: float = 1.0) -> nn.Sequential:
     """The ``features`` trunk: stem, 17 inverted residual blocks, last 1x1 conv (19 modules)."""
     in_channels = make_divisible(32 * width_mult)
     last_channels = make_divisible(1280 * max(1.0, width_mult))
-    layers: list[nn.Module] = [Conv2dNormActivation(3, in_channels, stride=2, activation_layer=nn.ReLU6)]
+    layers: list[nn.Module] = [Conv2dNormActivation(3, in_channels, stride=2, activation_layer=ReLU6)]
     for t, c, n, s in INVERTED_RESIDUAL_SETTING:
         out_channels = make_divisible(c * width_mult)
         for i in range(n):
             layers.append(InvertedResidual(in_channels, out_channels, s if i == 0 else 1, t))
             in_channels = out_channels
-    layers.append(Conv2dNormActivation(in_channels, last_channels, kernel_size=1, activation_layer=nn.ReLU6))
+    layers.append(Conv2dNormActivation(in_channels, last_channels, kernel_size=1, activation_layer=ReLU6))
     return nn.Sequential(*layers)
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
 from backbone import Backbone
+from backbone.relu6 import ReLU6
 
 EXTRA_DEPTHS: tuple[int, ...] = (512, 256, 256, 128)
 
@@ -24,9 +25,9 @@ def extra_layer(in_channels: int, depth: int) -> nn.Sequential:
     """1x1 to ``depth // 2``, depthwise 3x3 stride 2, 1x1 to ``depth`` (each + BN + ReLU6)."""
     mid = depth // 2
     return nn.Sequential(
-        Conv2dNormActivation(in_channels, mid, kernel_size=1, activation_layer=nn.ReLU6),
-        Conv2dNormActivation(mid, mid, kernel_size=3, stride=2, groups=mid, activation_layer=nn.ReLU6),
-        Conv2dNormActivation(mid, depth, kernel_size=1, activation_layer=nn.ReLU6),
+        Conv2dNormActivation(in_channels, mid, kernel_size=1, activation_layer=ReLU6),
+        Conv2dNormActivation(mid, mid, kernel_size=3, stride=2, groups=mid, activation_layer=ReLU6),
+        Conv2dNormActivation(mid, depth, kernel_size=1, activation_layer=ReLU6),
     )
 
 

@@ -167,8 +167,9 @@ def build_ssdlite(
     a cheap fine-tune for small data or a CPU, where the backbone's backward pass is most of a
     training step. The paper's recipe trains everything (``False``).
     ``grad_checkpointing`` recomputes the backbone's first blocks in the backward pass
-    instead of keeping their activations (``Backbone.set_grad_checkpointing``; MobileNetV2: 5
-    blocks cut a batch-32 training step's peak memory for some extra compute).
+    instead of keeping their activations (``Backbone.set_grad_checkpointing``; MobileNetV2: 3
+    blocks, its 160x160 layers, cut a batch-32 training step's peak memory from 4.5 to 3.4 GB
+    for 13% more forward multiply-adds).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
