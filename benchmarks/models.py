@@ -363,11 +363,13 @@ def peer_train_step(batch: int, size: int = 320) -> Callable[[], None]:
 def training_rows(timing: Timing, batch: int = 16) -> list[Row]:
     """Ours as trained by default and with the memory-saving gradient checkpointing."""
     rows, peer = [], peer_train_step(batch)
+    # All of ``min_repeats`` although a step takes seconds: with 5 samples the median moved by
+    # +-5% between runs.
     t = timing.heavy()
     for checkpointed_blocks in (0, MEMORY_SAVING_CHECKPOINTED_BLOCKS):
         ours = ours_train_step(batch, grad_checkpointing=checkpointed_blocks)
         ours_s, peer_s = time_interleaved(
-            ours, peer, warmup=t.warmup, min_repeats=t.min_repeats, min_seconds=t.min_seconds
+            ours, peer, warmup=t.warmup, min_repeats=timing.min_repeats, min_seconds=t.min_seconds
         )
         rows.append(_training_row(batch, checkpointed_blocks, ours_s, peer_s))
     return rows
