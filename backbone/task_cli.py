@@ -13,7 +13,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from .checkpoint_checks import check_module_class
 from .checkpoint_io import CheckpointError, read_checkpoint
-from .host_memory import release_freed_tensors_to_os
+from .host_memory import apply_host_memory_policy
 from .nonfinite import NonFiniteTrainingError
 
 # Every command writes checkpoints atomically (a kill mid-write keeps the previous last.ckpt);
@@ -75,7 +75,10 @@ def run_task_cli(
         if argv[:1] == ["export"]:  # LightningCLI's subcommands all need a Trainer; export does not
             result = export_main(argv[1:])
         else:
-            release_freed_tensors_to_os()  # CPU training's resident set stays near its real use
+            try:  # lean by default: CPU training's resident set stays near its real use
+                apply_host_memory_policy()
+            except ValueError as err:
+                raise SystemExit(f"error: {err}") from err
             result = TaskCLI(
                 module_class,
                 LightningDataModule,

@@ -10,11 +10,14 @@ Paths are substituted: ``data/coco`` and ``data/VOC`` by the shapes dataset's la
 from __future__ import annotations
 
 import re
+import os
 import shlex
 from pathlib import Path
 
 import pytest
 
+from backbone import task_cli
+from backbone.host_memory import POLICY_ENV
 from deeplab_mobile.cli import main as deeplab_main
 from demo_run import REPO, tiny_demo_run
 from ssdlite.cli import main as ssdlite_main
@@ -45,13 +48,19 @@ def console_command(words: list[str]) -> list[str]:
     return words
 
 
-def readme_commands() -> list[list[str]]:
+def readme_commands() -> list[tuple[dict[str, str], list[str]]]:
     """The README's command lines that start with a console script (or a launcher of one),
-    continuations joined."""
+    after any ``NAME=value`` environment settings, continuations joined: (settings, command)."""
     text = (REPO / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
-    return [console_command(shlex.split(line)) for line in lines if line.split(" ", 1)[0] in (*MAINS, *LAUNCHERS)]
+    commands = []
+    for words in (shlex.split(line) for line in lines if line.strip()):
+        settings = dict(word.split("=", 1) for word in words if re.fullmatch(r"[A-Z_]+=\S*", word))
+        words = words[len(settings) :]
+        if words[0] in (*MAINS, *LAUNCHERS):
+            commands.append((settings, console_command(words)))
+    return commands
 
 
 def user_data(shapes: Path, out: Path) -> Path:
@@ -86,7 +95,7 @@ def demo(tmp_path_factory):
 
 
 def test_readme_shows_both_tasks_every_step():
-    commands = [" ".join(c[:2]) for c in readme_commands()]
+    commands = [" ".join(c[:2]) for _, c in readme_commands()]
     for tool in MAINS:
         assert {f"{tool} {step}" for step in ("fit", "validate", "predict", "export")} <= set(commands), commands
 
@@ -94,8 +103,10 @@ def test_readme_shows_both_tasks_every_step():
 def test_readme_training_commands_run(demo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     my_data = user_data(Path(demo["data"]), tmp_path / "my_data")
-    ran = []
-    for number, command in enumerate(readme_commands()):
+    ran, host_memory = [], []
+    # mallopt would change this whole test process: record the policy (tests/test_host_memory.py applies it)
+    monkeypatch.setattr(task_cli, "apply_host_memory_policy", lambda: host_memory.append(os.environ.get(POLICY_ENV)))
+    for number, (settings, command) in enumerate(readme_commands()):
         tool, step, *args = substitute(command, demo, my_data)
         if step != "fit":
             continue  # run by the demo and the predict / export tests (see above)
@@ -116,7 +127,12 @@ def test_readme_training_commands_run(demo, tmp_path, monkeypatch):
         extra = [*tiny, *QUIET, "--trainer.fast_dev_run=1"]
         if not any(arg.startswith("--data.root") for arg in args):  # the shapes configs' relative data/shapes
             extra.append(f"--data.root={Path(demo['data']) / 'coco' if tool == 'ssdlite' else demo['data']}")
-        MAINS[tool]([step, *args, *extra])
+        with monkeypatch.context() as scoped:
+            for name, value in settings.items():
+                scoped.setenv(name, value)
+            MAINS[tool]([step, *args, *extra])
         ran.append(f"{tool} {step}")
-    # own data x 2, another backbone, resume, gradient checkpointing, decoded cache
-    assert ran == ["ssdlite fit", "ssdlite fit", "deeplab-mobile fit", "ssdlite fit", "ssdlite fit", "deeplab-mobile fit"], ran
+    # own data x 2, another backbone, resume, gradient checkpointing, host memory, decoded cache
+    expected = ["ssdlite fit", "ssdlite fit", "deeplab-mobile fit", "ssdlite fit", "ssdlite fit", "ssdlite fit"]
+    assert ran == [*expected, "deeplab-mobile fit"], ran
+    assert host_memory.count("fast") == 1, host_memory
