@@ -136,7 +136,7 @@ def image_nms(
     if count <= ONE_CALL_CANDIDATES:
         index = candidates.nonzero().flatten()
         return index[batched_nms(boxes[index], scores[index], labels[index], iou_threshold)][:max_kept]
-    prefix_scores, prefix = scores.masked_fill(~candidates, -1).topk(min(NMS_PREFIX, len(scores)))
+    prefix = scores.masked_fill(~candidates, -1).topk(min(NMS_PREFIX, len(scores))).indices
     keep = prefix[prefix_nms(boxes[prefix], labels[prefix], candidates[prefix], iou_threshold)]
     if len(keep) >= max_kept or count <= len(prefix):
         return keep[:max_kept]
