@@ -11,8 +11,8 @@ tensor of ``threshold_bytes`` or more on ``mmap``.
 
 The price is time: every step maps fresh pages for its activations and the kernel zeroes
 them. Serving every tensor from the heap and never trimming it (``keep_freed_tensors``) makes
-the same step 2-2.7x faster, for a higher resident set (SSDLite, batch 32, 320x320, CPU:
-2.2-2.9 s instead of 5.8-6.3 s a step; peak 7.2 GB instead of 4.6 GB).
+the same step about 2x faster, for a higher resident set (SSDLite, batch 32, 320x320, CPU:
+2.2-3.3 s instead of 5.8-6.3 s a step; peak 7.2 GB instead of 4.6 GB).
 """
 
 from __future__ import annotations

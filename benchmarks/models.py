@@ -363,8 +363,7 @@ def peer_train_step(batch: int, size: int = 320) -> Callable[[], None]:
 def training_rows(timing: Timing, batch: int = 16) -> list[Row]:
     """Ours as trained by default and with the memory-saving gradient checkpointing."""
     rows, peer = [], peer_train_step(batch)
-    # All of ``min_repeats`` although a step takes seconds: with 5 samples the median moved by
-    # +-5% between runs.
+    # All of ``min_repeats`` although a step takes seconds: a median of 5 moves with one slow step.
     t = timing.heavy()
     for checkpointed_blocks in (0, MEMORY_SAVING_CHECKPOINTED_BLOCKS):
         ours = ours_train_step(batch, grad_checkpointing=checkpointed_blocks)

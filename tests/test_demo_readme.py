@@ -9,8 +9,9 @@ Paths are substituted: ``data/coco`` and ``data/VOC`` by the shapes dataset's la
 
 from __future__ import annotations
 
-import re
+import itertools
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -56,8 +57,9 @@ def readme_commands() -> list[tuple[dict[str, str], list[str]]]:
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
     commands = []
     for words in (shlex.split(line) for line in lines if line.strip()):
-        settings = dict(word.split("=", 1) for word in words if re.fullmatch(r"[A-Z_]+=\S*", word))
-        words = words[len(settings) :]
+        leading = list(itertools.takewhile(lambda word: re.fullmatch(r"[A-Z_]+=\S*", word), words))
+        settings = dict(word.split("=", 1) for word in leading)
+        words = words[len(leading) :]
         if words[0] in (*MAINS, *LAUNCHERS):
             commands.append((settings, console_command(words)))
     return commands
