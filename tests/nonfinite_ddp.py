@@ -58,6 +58,8 @@ def main(out_dir: Path) -> None:
     guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
     record = {"skipped": guard.skipped_steps, "checksums": checksums.after_step, "stopped": stopped}
     (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+    if torch.distributed.is_initialized():  # not left to interpreter exit, where gloo can abort
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

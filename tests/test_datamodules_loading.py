@@ -56,6 +56,12 @@ class _RecordImageIds(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         Path(self.out, f"rank{self.global_rank}.json").write_text(json.dumps(self.ids))
 
+    def teardown(self, stage: str) -> None:
+        # Lightning leaves the gloo group to interpreter exit, where its threads can abort the
+        # spawned worker ("terminate called without an active exception"); as the task CLI does.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
 
 def test_real_ddp_validation_sees_every_image_exactly_once(tmp_path: Path) -> None:
     root = generate_shapes(tmp_path / "data", num_train=2, num_val=7, min_size=64, max_size=80)  # val ids 3..9
