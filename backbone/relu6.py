@@ -10,8 +10,9 @@ of a 2.0 s SSDLite training step at batch 16, and its peak memory at batch 32 is
 
 The gradient with respect to the output usually comes fresh from the next conv's backward and
 dies after this one; masking it in place then saves an activation-sized allocation per layer
-(on CPU each one maps and zeroes new pages: SSDLite's training step at batch 16 was 1.35-1.43 s
-instead of 1.28-1.35 s, and 1.07-1.15x torchvision's img/s instead of 0.93-1.02x, interleaved).
+(on CPU each maps and zeroes new pages). SSDLite's training step at batch 16, glibc's default
+allocator, three interleaved runs each: 0.93-1.02x torchvision's img/s before, 1.07-1.15x after
+(the row moves with the heap's history: 0.98x in the benchmark run that followed).
 It is masked in place only when this node holds the only reference to it and its storage, so
 a gradient shared with another node (``y + other``: the add passes one tensor to both inputs),
 a view into a larger gradient (``cat``, ``view``) or one a hook kept (Grad-CAM) is never
@@ -48,11 +49,11 @@ class _InPlaceReLU6(torch.autograd.Function):
 
 
 def _only_reference(tensor: torch.Tensor, python_references: int) -> bool:
-    """True when ``tensor``, a gradient handed to a Function's backward whose first statement
-    was ``python_references = sys.getrefcount(tensor)``, is referenced by nothing but that call: no more Python
-    references than a fresh gradient gets (a hook may have kept one), one C++ owner, not a
-    view, and its storage used by no other tensor (the ``untyped_storage()`` wrapper made
-    here holds the second reference)."""
+    """True when ``tensor``, a gradient handed to a Function's backward that counted
+    ``python_references = sys.getrefcount(tensor)`` in a statement of its own, is referenced by
+    nothing but that call: no more Python references than a fresh gradient gets (a hook may
+    have kept one), one C++ owner, not a view, and its storage used by no other tensor (the
+    ``untyped_storage()`` wrapper made here holds the second reference)."""
     return (
         python_references <= _python_references_of_a_fresh_gradient()
         and tensor._use_count() == 1
