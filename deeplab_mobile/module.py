@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from backbone import load_checked
 from backbone.checkpoint_checks import CheckedCheckpoints, check_module_class
+from backbone.fuse import optimize_for_inference
 from backbone.checkpoint_io import read_checkpoint
 from backbone.nonfinite import NonFiniteGuard
 from backbone.training import RestoreRNGState, empty_batch_loss
@@ -119,15 +120,18 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
         self.test_scores = SegmentationScores(num_classes)
         self.val_loss = SetCrossEntropy()
         self.test_loss = SetCrossEntropy()
+        # ``predict``'s fast-path copy, in a tuple so that it is no submodule (not in the state dict)
+        self._predict_model: tuple[torch.nn.Module, ...] = ()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``N x 3 x H x W`` images in [0, 1] -> logits ``N x C x H x W`` (single scale)."""
         return self.model(images)
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """``N x C x H x W`` class probabilities with the configured scales and flip."""
+    def probabilities(self, images: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """``N x C x H x W`` class probabilities of ``model`` (default ``self.model``) with the
+        configured scales and flip."""
         return multi_scale_flip_probabilities(
-            self.model, images, scales=self.eval_scales, flip=self.eval_flip
+            model or self.model, images, scales=self.eval_scales, flip=self.eval_flip
         )
 
     # --- training ------------------------------------------------------------------------
@@ -217,12 +221,20 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
         return list(names)
 
     # --- prediction ----------------------------------------------------------------------
+    def on_predict_start(self) -> None:
+        # The inference fast path (BN folded into the convs, channels-last): the same labels to
+        # float rounding in less time than the model as trained.
+        self._predict_model = (optimize_for_inference(self.model),)
+
+    def on_predict_end(self) -> None:
+        self._predict_model = ()
+
     def predict_step(self, batch: tuple[torch.Tensor, list[dict[str, Any]]], batch_idx: int) -> list[dict[str, Any]]:
         """``[{"path": str, "labels": int64 orig_h x orig_w label map}, ...]``, one per image."""
         images, metas = batch
         if images.shape[0] == 0:
             return []
-        probabilities = self.probabilities(images)
+        probabilities = self.probabilities(images, self._predict_model[0] if self._predict_model else None)
         results = []
         for probs, meta in zip(probabilities, metas):
             height, width = (int(v) for v in meta["size"])

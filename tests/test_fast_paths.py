@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from backbone.fuse import fuse_conv_bn, optimize_for_inference
-from deeplab_mobile import build_deeplab
-from ssdlite import build_ssdlite
+from deeplab_mobile import DeepLabModule, build_deeplab
+from ssdlite import SSDLiteModule, build_ssdlite
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:
@@ -52,3 +52,29 @@ def test_fuse_leaves_the_model_alone_and_refuses_train_mode():
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # a copy was fused
     with pytest.raises(ValueError, match="eval"):
         fuse_conv_bn(model.train())
+
+
+@pytest.mark.parametrize("task", ["ssdlite", "deeplab"])
+def test_predict_runs_the_fast_path_outside_the_state_dict(task):
+    """Between ``on_predict_start`` and ``on_predict_end`` a module predicts with a fused copy
+    of its model (equal outputs: the tests above), which never enters its state dict."""
+    if task == "ssdlite":
+        module = SSDLiteModule(num_classes=3, width_mult=0.35, image_size=64, pretrained_backbone=False)
+        metas = [{"path": f"{i}.jpg", "orig_size": (64, 64)} for i in range(2)]
+    else:
+        module = DeepLabModule(num_classes=3, width_mult=0.35, pretrained_backbone=False)
+        metas = [{"path": f"{i}.jpg", "size": (64, 64), "orig_size": (64, 64)} for i in range(2)]
+    module.eval()
+    keys = set(module.state_dict())
+    calls = []
+    module.on_predict_start()
+    (fast,) = module._predict_model
+    module.model.register_forward_hook(lambda *args: calls.append("trained"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    fast.register_forward_hook(lambda *args: calls.append("fast"))
+    assert set(module.state_dict()) == keys
+    with torch.no_grad():
+        module.predict_step((torch.rand(2, 3, 64, 64), metas), 0)
+        module.on_predict_end()
+        module.predict_step((torch.rand(2, 3, 64, 64), metas), 0)
+    assert calls == ["fast", "trained"]
