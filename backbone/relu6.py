@@ -1,5 +1,4 @@
-"""ReLU6 whose backward reads its output: one activation-sized copy less per layer in training,
-and whose gradient is written over the incoming one when nothing else can read that.
+"""ReLU6 whose backward reads its output: one activation-sized copy less per layer in training.
 
 PyTorch derives the gradient of the in-place ``relu6_`` / ``hardtanh_`` from the *input*, so
 autograd clones the input before clamping it in place: one extra pass over memory and one
@@ -7,22 +6,9 @@ extra saved tensor for every Conv-BN-ReLU6. The same gradient follows from the o
 ``0 < y < 6`` exactly where ``0 < x < 6``, so saving the clamped output (which the next conv
 keeps anyway) gives identical gradients with no copy. Measured on CPU: the copies were 279 ms
 of a 2.0 s SSDLite training step at batch 16, and its peak memory at batch 32 is 4.5 GB, not 6.2 GB.
-
-The gradient with respect to the output usually comes fresh from the next conv's backward and
-dies after this one; masking it in place then saves an activation-sized allocation per layer
-(on CPU each maps and zeroes new pages). SSDLite's training step at batch 16, glibc's default
-allocator, three interleaved runs each: 0.93-1.02x torchvision's img/s before, 1.07-1.15x after
-(the row moves with the heap's history: 0.98x in the benchmark run that followed).
-It is masked in place only when this node holds the only reference to it and its storage, so
-a gradient shared with another node (``y + other``: the add passes one tensor to both inputs),
-a view into a larger gradient (``cat``, ``view``) or one a hook kept (Grad-CAM) is never
-overwritten.
 """
 
 from __future__ import annotations
-
-import functools
-import sys
 
 import torch
 from torch import nn
@@ -41,47 +27,8 @@ class _InPlaceReLU6(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        references = sys.getrefcount(grad_output)  # a statement of its own, as in the probe
         (output,) = ctx.saved_tensors
-        if _only_reference(grad_output, references):
-            return torch.ops.aten.hardtanh_backward.grad_input(grad_output, output, 0.0, 6.0, grad_input=grad_output)
         return torch.ops.aten.hardtanh_backward(grad_output, output, 0.0, 6.0)
-
-
-def _only_reference(tensor: torch.Tensor, python_references: int) -> bool:
-    """True when ``tensor``, a gradient handed to a Function's backward that counted
-    ``python_references = sys.getrefcount(tensor)`` in a statement of its own, is referenced by
-    nothing but that call: no more Python references than a fresh gradient gets (a hook may
-    have kept one), one C++ owner, not a view, and its storage used by no other tensor (the
-    ``untyped_storage()`` wrapper made here holds the second reference)."""
-    return (
-        python_references <= _python_references_of_a_fresh_gradient()
-        and tensor._use_count() == 1
-        and not tensor._is_view()
-        and torch._C._storage_Use_Count(tensor.untyped_storage()._cdata) == 2
-    )
-
-
-@functools.cache
-def _python_references_of_a_fresh_gradient() -> int:
-    """``sys.getrefcount`` of a gradient nobody else holds, inside a Function's backward:
-    measured once, as the count depends on the Python and torch versions."""
-    counts = []
-
-    class Probe(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-            references = sys.getrefcount(grad_output)
-            counts.append(references)
-            return grad_output
-
-    with torch.enable_grad():
-        (Probe.apply(torch.zeros(1, requires_grad=True)) * 2).sum().backward()
-    return counts[0]
 
 
 class ReLU6(nn.ReLU6):
@@ -91,6 +38,5 @@ class ReLU6(nn.ReLU6):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inplace and x.requires_grad and torch.is_grad_enabled():
-            _python_references_of_a_fresh_gradient()  # measured here, not inside a backward
             return _InPlaceReLU6.apply(x)
         return F.relu6(x, self.inplace)
