@@ -131,7 +131,7 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
         """``N x C x H x W`` class probabilities of ``model`` (default ``self.model``) with the
         configured scales and flip."""
         return multi_scale_flip_probabilities(
-            model or self.model, images, scales=self.eval_scales, flip=self.eval_flip
+            self.model if model is None else model, images, scales=self.eval_scales, flip=self.eval_flip
         )
 
     # --- training ------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class SSDLiteModule(CheckedCheckpoints, LightningModule):
     ) -> list[dict[str, torch.Tensor]]:
         """Detections of ``model`` (default ``self.model``) with boxes rescaled from the network
         input to each original image."""
-        detections = (model or self.model)(images)
+        detections = (self.model if model is None else model)(images)
         input_size = tuple(images.shape[-2:])
         for det, size in zip(detections, orig_sizes):
             det["boxes"] = rescale_boxes(det["boxes"], input_size, tuple(int(s) for s in size))
