@@ -3,8 +3,9 @@
 Rows (``--only`` takes these names, comma-separated): ``detection`` (end to end, batch 1 and
 16, with achieved multiply-adds per second), ``onnx`` (onnxruntime vs torchvision eager),
 ``segmentation`` (512 and 513, vs LR-ASPP and DeepLabv3-MobileNetV3), ``training`` (step at
-batch 16; also under each host-memory policy, in fresh processes), ``memory`` (peak of a training step at batch 32), ``coco`` (COCO evaluation of
-5,000 images x 100 detections), ``data`` (the datamodule pipelines, one thread each).
+batch 16; also under each host-memory policy, in fresh processes), ``memory`` (peak of a
+training step at batch 32), ``coco`` (COCO evaluation of 5,000 images x 100 detections),
+``data`` (the datamodule pipelines, one thread each).
 Writes ``benchmarks.md`` and ``benchmarks.json`` to ``--out`` (``runs/bench``).
 ``--quick`` is a smoke run: one repeat of everything, small COCO set, few data images.
 ``--no-fast-path`` times our models as built, without the inference fast path (the baseline).

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 
 from backbone import load_checked
 from backbone.checkpoint_checks import CheckedCheckpoints, check_module_class
-from backbone.fuse import optimize_for_inference
 from backbone.checkpoint_io import read_checkpoint
+from backbone.fuse import PredictsOnTheFastPath
 from backbone.nonfinite import NonFiniteGuard
 from backbone.training import RestoreRNGState, empty_batch_loss
 
@@ -35,7 +35,7 @@ from .visualize import save_segmentation_picture
 RUN_TIME_OPTIONS = ("output_stride", "eval_scales", "eval_flip", "prediction_dir", "init_from", "max_nonfinite_steps")
 
 
-class DeepLabModule(CheckedCheckpoints, L.LightningModule):
+class DeepLabModule(CheckedCheckpoints, PredictsOnTheFastPath, L.LightningModule):
     """Batches follow the project contract: training/validation/test ``(images, masks)`` with
     float ``N x 3 x H x W`` images in [0, 1] and int64 ``N x H x W`` masks (255 = ignore);
     predict ``(images, metas)`` with ``metas[i]["path"]``, ``["orig_size"]`` ``[h, w]`` and
@@ -120,8 +120,6 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
         self.test_scores = SegmentationScores(num_classes)
         self.val_loss = SetCrossEntropy()
         self.test_loss = SetCrossEntropy()
-        # ``predict``'s fast-path copy, in a tuple so that it is no submodule (not in the state dict)
-        self._predict_model: tuple[torch.nn.Module, ...] = ()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``N x 3 x H x W`` images in [0, 1] -> logits ``N x C x H x W`` (single scale)."""
@@ -221,20 +219,12 @@ class DeepLabModule(CheckedCheckpoints, L.LightningModule):
         return list(names)
 
     # --- prediction ----------------------------------------------------------------------
-    def on_predict_start(self) -> None:
-        # The inference fast path (BN folded into the convs, channels-last): the same labels to
-        # float rounding; predict_step took 0.77x the time (CPU, 2 threads, batch 1, 512 px).
-        self._predict_model = (optimize_for_inference(self.model),)
-
-    def on_predict_end(self) -> None:
-        self._predict_model = ()
-
     def predict_step(self, batch: tuple[torch.Tensor, list[dict[str, Any]]], batch_idx: int) -> list[dict[str, Any]]:
         """``[{"path": str, "labels": int64 orig_h x orig_w label map}, ...]``, one per image."""
         images, metas = batch
         if images.shape[0] == 0:
             return []
-        probabilities = self.probabilities(images, self._predict_model[0] if self._predict_model else None)
+        probabilities = self.probabilities(images, self.predict_model)
         results = []
         for probs, meta in zip(probabilities, metas):
             height, width = (int(v) for v in meta["size"])

@@ -68,7 +68,8 @@ def test_predict_runs_the_fast_path_outside_the_state_dict(task):
     keys = set(module.state_dict())
     calls = []
     module.on_predict_start()
-    (fast,) = module._predict_model
+    fast = module.predict_model
+    assert fast is not module.model
     module.model.register_forward_hook(lambda *args: calls.append("trained"))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     fast.register_forward_hook(lambda *args: calls.append("fast"))
