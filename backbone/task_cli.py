@@ -71,6 +71,7 @@ def run_task_cli(
     from the command line, so that a console script's ``sys.exit(main())`` exits 0.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    finished = False
     try:
         if argv[:1] == ["export"]:  # LightningCLI's subcommands all need a Trainer; export does not
             result = export_main(argv[1:])
@@ -86,11 +87,14 @@ def run_task_cli(
                 save_config_kwargs={"overwrite": True},
                 args=None if args is None else list(args),
             )
+        finished = True
     except (CheckpointError, NonFiniteTrainingError) as err:  # their message says it all: no traceback
         raise SystemExit(f"error: {err}") from err
     finally:
         # Lightning leaves the DDP process group up (a script may run the Trainer again); a
         # command ends here, and a gloo group still up at interpreter exit can abort the process.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if finished:  # no rank tears the group down while another still talks through it
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     return result if args is not None else None
