@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,7 +29,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import yaml
-from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 from datamodules.shapes import generate_shapes
 from ssdlite.metrics import detection_metric
@@ -77,6 +78,24 @@ TASKS = {
 }  # fmt: skip
 
 
+def rendezvous_port() -> int:
+    """A free TCP port below the kernel's ephemeral range, for the ranks' rendezvous.
+
+    A port from ``bind(("", 0))`` lies inside that range, where the kernel also draws the local
+    port of every outgoing connection: a rank that connects before the store listens can draw
+    the store's own port and connect to itself (TCP simultaneous open), and any other process's
+    connection can take the port before the store binds it. Below the range neither can happen."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 8192), low), 64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free TCP port in the 8192 below {low}")
+
+
 def command_environment() -> dict[str, str]:
     """This environment for a command: its own rendezvous port, one thread per process (as in
     the single-process run, so that both compute alike), ``tests/`` importable, no outer
@@ -86,7 +105,7 @@ def command_environment() -> dict[str, str]:
         env.pop(name, None)
     env.update(
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(find_free_network_port()),
+        MASTER_PORT=str(rendezvous_port()),
         OMP_NUM_THREADS="1",
         PYTHONFAULTHANDLER="1",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "tests"), str(REPO), env.get("PYTHONPATH")])),
@@ -256,7 +275,7 @@ def test_detection_metric_gathers_uneven_ranks_in_dataset_order(tmp_path: Path) 
     numbers of images fall out of step; and a gather in rank order breaks score ties otherwise
     than one process does."""
     torch.multiprocessing.spawn(
-        _gathered_map_worker, args=(WORLD_SIZE, find_free_network_port(), str(tmp_path)), nprocs=WORLD_SIZE
+        _gathered_map_worker, args=(WORLD_SIZE, rendezvous_port(), str(tmp_path)), nprocs=WORLD_SIZE
     )
     for count in COUNTS:
         single = detection_metric("coco")
