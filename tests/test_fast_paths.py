@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from backbone.fuse import fuse_conv_bn, optimize_for_inference
+from backbone.fuse import PackedConv2d, fuse_conv_bn, optimize_for_inference, prepacking_available
 from deeplab_mobile import DeepLabModule, build_deeplab
 from ssdlite import SSDLiteModule, build_ssdlite
 
@@ -44,6 +44,39 @@ def test_fused_deeplab_equals_unfused():
     images = torch.rand(1, 3, 97, 97)  # odd size: the resize back to the input must still match
     with torch.no_grad():
         torch.testing.assert_close(fast(images), model(images), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="prepacking needs oneDNN")
+def test_prepacked_convolutions_run_any_input_shape_and_layout():
+    """On a CPU with oneDNN, the fast path runs every conv of a Sequential, with the ReLU6 after
+    it, as one oneDNN kernel on a weight packed per input shape: alternating sizes and batches
+    (more shapes than are kept packed), NCHW or channels-last, all give the plain model's
+    outputs."""
+    model = _randomise_bn(build_deeplab(num_classes=4, width_mult=0.35, output_stride=16, head="reduced"))
+    fast = optimize_for_inference(model)
+    packed = [m for m in fast.modules() if isinstance(m, PackedConv2d)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(packed) >= len(convs) - 1  # all but the classifier, which is no Sequential's
+    assert not any(isinstance(m, nn.ReLU6) for m in fast.modules())  # each one fused into its conv
+    shapes = [(1, 65, 65), (2, 64, 96), (1, 65, 65), (1, 33, 40), (3, 48, 48), (1, 80, 72), (1, 65, 65)]
+    for batch, height, width in shapes:
+        images = torch.rand(batch, 3, height, width)
+        with torch.no_grad():
+            want = model(images)
+            for layout in (torch.contiguous_format, torch.channels_last):
+                torch.testing.assert_close(fast(images.contiguous(memory_format=layout)), want, atol=1e-4, rtol=1e-4)
+    assert all(len(m._packed) <= PackedConv2d.KEPT_PACKINGS for m in packed)
+
+
+def test_no_prepacking_where_onednn_cannot_run_the_weights():
+    """float64 weights (like weights on a GPU) keep plain convs, and the fast path still folds BN."""
+    model = _randomise_bn(build_deeplab(num_classes=4, width_mult=0.35, output_stride=16, head="reduced")).double()
+    assert not prepacking_available(model)
+    fast = optimize_for_inference(model)
+    assert not any(isinstance(m, (PackedConv2d, nn.BatchNorm2d)) for m in fast.modules())
+    images = torch.rand(1, 3, 65, 65, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images), model(images))
 
 
 def test_fuse_leaves_the_model_alone_and_refuses_train_mode():
