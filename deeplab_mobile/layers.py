@@ -34,5 +34,9 @@ class SeparableConvBNReLU(nn.Sequential):
 
 
 def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``N x C x h x w`` -> ``N x C x size[0] x size[1]``, bilinear with ``align_corners=False``."""
-    return F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+    """``N x C x h x w`` -> ``N x C x size[0] x size[1]``, bilinear with ``align_corners=False``;
+    ``x`` itself when it has that size already (the interpolation would copy it unchanged)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -4,6 +4,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -79,6 +80,26 @@ def test_predict_writes_palette_pngs_at_the_original_size(tmp_path):
         assert written.mode == "P"
         np.testing.assert_array_equal(np.array(written), result["labels"].numpy())
         assert Image.open(tmp_path / f"{name}_overlay.jpg").size == written.size
+
+
+def test_predicted_labels_are_the_argmax_of_the_resized_probabilities():
+    """Resized to the original size when it differs, as is when it does not; the first of tied
+    classes wins, as with argmax."""
+    module = tiny_module().eval()
+    images = torch.rand(2, 3, 40, 48)
+    metas = [
+        {"path": "a.jpg", "orig_size": [40, 48], "size": [40, 48]},
+        {"path": "b.jpg", "orig_size": [57, 31], "size": [40, 24]},  # padded on the right
+    ]
+    with torch.no_grad():
+        probabilities = module.probabilities(images)
+        results = module.predict_step((images, metas), 0)
+    resized = F.interpolate(probabilities[1:, :, :, :24], size=(57, 31), mode="bilinear", align_corners=False)
+    expected = [probabilities[0].argmax(dim=0), resized[0].argmax(dim=0)]
+    for result, labels in zip(results, expected):
+        assert torch.equal(result["labels"], labels)
+    tied = torch.zeros(3, 4, 5)
+    assert torch.equal(tied.max(dim=0).indices, tied.argmax(dim=0))
 
 
 def test_class_weights_must_cover_every_class():
