@@ -35,6 +35,15 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
+def with_plain_relu6(model: nn.Module) -> nn.Module:
+    """``model`` with, in place, each of our ``ReLU6`` replaced by ``nn.ReLU6(inplace=True)``."""
+    for module in list(model.modules()):
+        for child_name, child in module.named_children():
+            if isinstance(child, ReLU6):
+                setattr(module, child_name, nn.ReLU6(inplace=True))
+    return model
+
+
 def test_same_outputs_and_gradients_as_nn_relu6_with_one_copy_less():
     x = torch.randn(4, 8, 12, 12) * 4  # many values beyond 0 and 6 after BN
     results = []
@@ -61,11 +70,7 @@ def test_mobilenet_v2_training_keeps_a_fifth_less():
     backbone = build_backbone("mobilenet_v2", width_mult=0.35).train()
     activations = [m for m in backbone.modules() if isinstance(m, nn.ReLU6)]
     assert activations and all(isinstance(m, ReLU6) for m in activations)
-    reference = build_backbone("mobilenet_v2", width_mult=0.35).train()
-    for module in list(reference.modules()):
-        for child_name, child in module.named_children():
-            if isinstance(child, ReLU6):
-                setattr(module, child_name, nn.ReLU6(inplace=True))
+    reference = with_plain_relu6(build_backbone("mobilenet_v2", width_mult=0.35).train())
     x = torch.randn(2, 3, 64, 64)
     ours, plain = saved_bytes(backbone, x), saved_bytes(reference, x)
     assert ours < 0.8 * plain, (ours, plain)
@@ -151,11 +156,7 @@ def test_ssdlite_gradients_bit_identical_to_nn_relu6(monkeypatch):
     torch.manual_seed(0)
     ours = build_ssdlite(num_classes=3, width_mult=0.35, image_size=128).train()
     ours.to(memory_format=torch.channels_last)
-    plain = copy.deepcopy(ours)
-    for module in list(plain.modules()):
-        for child_name, child in module.named_children():
-            if isinstance(child, ReLU6):
-                setattr(module, child_name, nn.ReLU6(inplace=True))
+    plain = with_plain_relu6(copy.deepcopy(ours))
     images = torch.rand(4, 3, 128, 128) * 255
     targets = [
         {"boxes": torch.tensor([[8.0 * i, 10.0, 60.0 + 8 * i, 90.0]]), "labels": torch.tensor([1 + i % 2])}
