@@ -124,7 +124,7 @@ class PredictsOnTheFastPath:
     """LightningModule mixin: ``predict`` runs ``optimize_for_inference(self.model)``, a copy
     made at predict start and dropped at its end; ``predict_model`` is that copy while predict
     runs, else ``self.model``. Measured, predict_step at batch 1 on CPU (2 threads): SSDLite
-    320 px 0.63-0.70x the time of the model as trained, DeepLab 512 px 0.77x."""
+    320 px 0.63-0.70x the time of the model as trained, DeepLab 512 px 0.70-0.74x."""
 
     model: nn.Module
     # a tuple, so that the copy is no submodule: not in the state dict, not saved

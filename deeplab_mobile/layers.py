@@ -40,3 +40,37 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+# ATen's channels-last bilinear upsampling on CPU (measured at 32 x 32 -> 512 x 512, 2 threads,
+# AVX-512): vectorised over channels, so a channel count off a multiple of 8 runs a slow tail
+# (21 classes: 3.9 ms, 24: 2.1 ms); from 32 channels on it is 2-3x slower than the NCHW kernel
+# (150 classes: 87 vs 33 ms).
+CHANNELS_LAST_RESIZE_MAX_CHANNELS = 24
+CHANNELS_LAST_RESIZE_VECTOR = 8
+
+
+def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``resize_bilinear`` for class logits ``N x C x h x w``, in the fastest layout for inference.
+
+    Channels-last logits without autograd (the inference fast path's) are resized with their
+    channels zero-padded to a multiple of 8 and returned as a ``N x C x H x W`` view of that
+    (still channels-last, strides of the padded count) when ``C`` is at most 24 (padded), else
+    resized in NCHW. Values are ``resize_bilinear``'s up to float rounding (the kernel's vector
+    and scalar paths round differently: 2e-7 apart for logits of unit scale).
+    """
+    size = (int(size[0]), int(size[1]))
+    channels_last = logits.dim() == 4 and logits.is_contiguous(memory_format=torch.channels_last)
+    if logits.requires_grad or not channels_last or logits.is_contiguous() or tuple(logits.shape[-2:]) == size:
+        return resize_bilinear(logits, size)
+    n, channels, height, width = logits.shape
+    padded = -(-channels // CHANNELS_LAST_RESIZE_VECTOR) * CHANNELS_LAST_RESIZE_VECTOR
+    if padded > CHANNELS_LAST_RESIZE_MAX_CHANNELS:
+        return resize_bilinear(logits.contiguous(), size)
+    if padded > channels:
+        padded_logits = torch.zeros(
+            (n, height, width, padded), dtype=logits.dtype, device=logits.device
+        ).permute(0, 3, 1, 2)  # channels-last
+        padded_logits[:, :channels] = logits
+        logits = padded_logits
+    return resize_bilinear(logits, size)[:, :channels]

@@ -19,7 +19,7 @@ from backbone.weights import PretrainedSpec
 
 from .aspp import ASPP
 from .decoder import DeepLabV3PlusDecoder
-from .layers import resize_bilinear
+from .layers import resize_logits
 
 HeadName = Literal["reduced", "aspp", "aspp_decoder"]
 HEADS: tuple[str, ...] = ("reduced", "aspp", "aspp_decoder")
@@ -65,7 +65,7 @@ class DeepLab(nn.Module):
         x = self.aspp(features[self.head_tap])
         if self.decoder is not None:
             x = self.decoder(x, features[self.low_level_tap])
-        return resize_bilinear(self.classifier(x), images.shape[-2:])
+        return resize_logits(self.classifier(x), images.shape[-2:])
 
 
 def build_deeplab(

@@ -6,6 +6,8 @@ from torch import nn
 
 from backbone.fuse import PackedConv2d, fuse_conv_bn, optimize_for_inference, prepacking_available
 from deeplab_mobile import DeepLabModule, build_deeplab
+from deeplab_mobile.inference import class_softmax
+from deeplab_mobile.layers import resize_bilinear, resize_logits
 from ssdlite import SSDLiteModule, build_ssdlite
 
 
@@ -77,6 +79,39 @@ def test_no_prepacking_where_onednn_cannot_run_the_weights():
     images = torch.rand(1, 3, 65, 65, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(fast(images), model(images))
+
+
+@pytest.mark.parametrize("channels", [3, 21, 24, 40])
+def test_inference_logits_resize_in_the_faster_layout(channels):
+    """Channels-last logits without autograd come back resized as ``resize_bilinear`` would,
+    as a channels-last view of a buffer padded to a multiple of 8 channels (up to 24), or in
+    NCHW (more channels); logits that need gradients take ``resize_bilinear`` itself."""
+    logits = torch.randn(2, channels, 9, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        resized = resize_logits(logits, (37, 29))
+        torch.testing.assert_close(resized, resize_bilinear(logits, (37, 29)))
+    assert resized.shape == (2, channels, 37, 29)
+    if channels <= 24:
+        assert resized.stride()[1] == 1 and resized.stride()[3] == -(-channels // 8) * 8
+    else:
+        assert resized.is_contiguous()
+    trained = logits.clone().requires_grad_()
+    resized = resize_logits(trained, (37, 29))
+    assert torch.equal(resized, resize_bilinear(trained, (37, 29)))
+    resized.sum().backward()
+    assert trained.grad is not None
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "padded_view"])
+def test_class_softmax_is_the_softmax_over_classes_in_the_logits_layout(layout):
+    logits = torch.randn(2, 21, 16, 12)
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    elif layout == "padded_view":
+        logits = torch.zeros(2, 16, 12, 24).permute(0, 3, 1, 2)[:, :21].copy_(logits)
+    probabilities = class_softmax(logits)
+    torch.testing.assert_close(probabilities, logits.softmax(dim=1))
+    assert probabilities.is_contiguous(memory_format=torch.contiguous_format if layout == "nchw" else torch.channels_last)
 
 
 def test_fuse_leaves_the_model_alone_and_refuses_train_mode():
