@@ -3,7 +3,7 @@
 Rows (``--only`` takes these names, comma-separated): ``detection`` (end to end, batch 1 and
 16, with achieved multiply-adds per second), ``onnx`` (onnxruntime vs torchvision eager),
 ``segmentation`` (512 and 513, vs LR-ASPP and DeepLabv3-MobileNetV3), ``training`` (step at
-batch 16; also under each host-memory policy, in fresh processes), ``memory`` (peak of a
+batch 16 under each host-memory policy, each in a fresh process), ``memory`` (peak of a
 training step at batch 32), ``coco`` (COCO evaluation of 5,000 images x 100 detections),
 ``data`` (the datamodule pipelines, one thread each).
 Writes ``benchmarks.md`` and ``benchmarks.json`` to ``--out`` (``runs/bench``).
@@ -37,9 +37,9 @@ def run_row(name: str, args: argparse.Namespace) -> list[Row]:
     if name == "segmentation":
         return models.segmentation_rows(timing, fast)
     if name == "training":
-        from benchmarks.host_memory_training import host_memory_training_rows
+        from benchmarks.training import training_rows
 
-        return models.training_rows(timing) + host_memory_training_rows(timing.min_repeats, timing.min_seconds)
+        return training_rows(timing.min_repeats, timing.min_seconds)
     if name == "memory":
         from benchmarks.memory import memory_rows
 
