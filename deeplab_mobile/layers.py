@@ -61,7 +61,10 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """
     size = (int(size[0]), int(size[1]))
     channels_last = logits.dim() == 4 and logits.is_contiguous(memory_format=torch.channels_last)
-    if logits.requires_grad or not channels_last or logits.is_contiguous() or tuple(logits.shape[-2:]) == size:
+    # An exported graph keeps the plain resize: the padding would become a ScatterND and
+    # transposes in it, and other runtimes have their own kernels.
+    plain = logits.requires_grad or torch.compiler.is_exporting() or torch.compiler.is_compiling()
+    if plain or not channels_last or logits.is_contiguous() or tuple(logits.shape[-2:]) == size:
         return resize_bilinear(logits, size)
     n, channels, height, width = logits.shape
     padded = -(-channels // CHANNELS_LAST_RESIZE_VECTOR) * CHANNELS_LAST_RESIZE_VECTOR
