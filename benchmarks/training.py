@@ -4,7 +4,7 @@ How the C library hands out and takes back tensor memory moves a CPU training st
 2x (``backbone.host_memory``), and what it does depends on the process's history: in the
 benchmark process, after the inference rows, the same step measured 0.77x the peer's speed in
 one run and 1.05x in another. So each case runs in a fresh process (``python -m
-benchmarks.training POLICY BLOCKS THREADS REPEATS MIN_SECONDS``) that applies its host-memory
+benchmarks.training POLICY BLOCKS BATCH THREADS REPEATS MIN_SECONDS``) that applies its host-memory
 policy before the models are built (both get it: it is a property of the process), then times
 ours and the peer interleaved. Policies: ``glibc`` (none applied: a user's own training loop),
 and the task command line's ``lean`` (its default) and ``fast``. ``BLOCKS`` > 0 trains ours
@@ -35,7 +35,7 @@ CASES = (
 )
 
 
-def measure(policy: str, checkpointed_blocks: int, repeats: int, min_seconds: float, batch: int = 16) -> dict[str, float]:
+def measure(policy: str, checkpointed_blocks: int, batch: int, repeats: int, min_seconds: float) -> dict[str, float]:
     if policy != "glibc":
         apply_host_memory_policy(policy)
     ours, peer = ours_train_step(batch, grad_checkpointing=checkpointed_blocks), peer_train_step(batch)
@@ -72,7 +72,7 @@ def training_rows(repeats: int, min_seconds: float, batch: int = 16) -> list[Row
     rows = []
     for policy, blocks in CASES:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.training", policy, str(blocks), str(torch.get_num_threads()),
+            [sys.executable, "-m", "benchmarks.training", policy, str(blocks), str(batch), str(torch.get_num_threads()),
              str(repeats), str(min_seconds)],
             check=True, capture_output=True, text=True,
         )
@@ -82,7 +82,7 @@ def training_rows(repeats: int, min_seconds: float, batch: int = 16) -> list[Row
 
 
 if __name__ == "__main__":
-    policy, blocks, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    repeats, min_seconds = int(sys.argv[4]), float(sys.argv[5])
+    policy, blocks, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    repeats, min_seconds = int(sys.argv[5]), float(sys.argv[6])
     torch.set_num_threads(threads)
-    print(json.dumps(measure(policy, blocks, repeats, min_seconds)))
+    print(json.dumps(measure(policy, blocks, batch, repeats, min_seconds)))

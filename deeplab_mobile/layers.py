@@ -44,8 +44,8 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 # ATen's channels-last bilinear upsampling on CPU (measured at 32 x 32 -> 512 x 512, 2 threads,
 # AVX-512): vectorised over channels, so a channel count off a multiple of 8 runs a slow tail
-# (21 classes: 3.9 ms, 24: 2.1 ms); from 32 channels on it is 2-3x slower than the NCHW kernel
-# (150 classes: 87 vs 33 ms).
+# (21 classes: 3.9 ms, 24: 2.1 ms); from 32 channels on every layout is slow alike (32: 15 ms
+# channels-last, 14.5 ms NCHW), so padding stops at 24.
 CHANNELS_LAST_RESIZE_MAX_CHANNELS = 24
 CHANNELS_LAST_RESIZE_VECTOR = 8
 
@@ -55,9 +55,10 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
     Channels-last logits without autograd (the inference fast path's) are resized with their
     channels zero-padded to a multiple of 8 and returned as a ``N x C x H x W`` view of that
-    (still channels-last, strides of the padded count) when ``C`` is at most 24 (padded), else
-    resized in NCHW. Values are ``resize_bilinear``'s up to float rounding (the kernel's vector
-    and scalar paths round differently: 2e-7 apart for logits of unit scale).
+    (still channels-last, strides of the padded count) when ``C`` is at most 24 (padded); other
+    logits take ``resize_bilinear`` as they are. Values are ``resize_bilinear``'s up to float
+    rounding (the kernel's vector and scalar paths round differently: 2e-7 apart for logits of
+    unit scale).
     """
     size = (int(size[0]), int(size[1]))
     channels_last = logits.dim() == 4 and logits.is_contiguous(memory_format=torch.channels_last)
@@ -68,12 +69,9 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return resize_bilinear(logits, size)
     n, channels, height, width = logits.shape
     padded = -(-channels // CHANNELS_LAST_RESIZE_VECTOR) * CHANNELS_LAST_RESIZE_VECTOR
-    if padded > CHANNELS_LAST_RESIZE_MAX_CHANNELS:
-        return resize_bilinear(logits.contiguous(), size)
-    if padded > channels:
-        padded_logits = torch.zeros(
-            (n, height, width, padded), dtype=logits.dtype, device=logits.device
-        ).permute(0, 3, 1, 2)  # channels-last
-        padded_logits[:, :channels] = logits
-        logits = padded_logits
-    return resize_bilinear(logits, size)[:, :channels]
+    if padded == channels or padded > CHANNELS_LAST_RESIZE_MAX_CHANNELS:
+        return resize_bilinear(logits, size)
+    padded_logits = torch.zeros((n, height, width, padded), dtype=logits.dtype, device=logits.device)
+    padded_logits = padded_logits.permute(0, 3, 1, 2)  # channels-last
+    padded_logits[:, :channels] = logits
+    return resize_bilinear(padded_logits, size)[:, :channels]

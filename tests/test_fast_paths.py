@@ -84,8 +84,9 @@ def test_no_prepacking_where_onednn_cannot_run_the_weights():
 @pytest.mark.parametrize("channels", [3, 21, 24, 40])
 def test_inference_logits_resize_in_the_faster_layout(channels):
     """Channels-last logits without autograd come back resized as ``resize_bilinear`` would,
-    as a channels-last view of a buffer padded to a multiple of 8 channels (up to 24), or in
-    NCHW (more channels); logits that need gradients take ``resize_bilinear`` itself."""
+    as a channels-last view of a buffer padded to a multiple of 8 channels (up to 24), or
+    channels-last as they are (more channels); logits that need gradients take
+    ``resize_bilinear`` itself."""
     logits = torch.randn(2, channels, 9, 7).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         resized = resize_logits(logits, (37, 29))
@@ -94,7 +95,7 @@ def test_inference_logits_resize_in_the_faster_layout(channels):
     if channels <= 24:
         assert resized.stride()[1] == 1 and resized.stride()[3] == -(-channels // 8) * 8
     else:
-        assert resized.is_contiguous()
+        assert resized.is_contiguous(memory_format=torch.channels_last)
     trained = logits.clone().requires_grad_()
     resized = resize_logits(trained, (37, 29))
     assert torch.equal(resized, resize_bilinear(trained, (37, 29)))
