@@ -1,7 +1,7 @@
 """Peak memory of a training step (batch 32, 320x320): ours vs torchvision's SSDLite.
 
 Each case runs in a fresh process (``python -m benchmarks.memory {ours,peer} BATCH THREADS
-CHECKPOINTED_BLOCKS``) so that none inherits another's allocations; the figure is the
+RECOMPUTATION``) so that none inherits another's allocations; the figure is the
 process's peak resident set (``VmHWM``) over two steps (the second holds the optimizer's
 momentum buffers), Python and the libraries included, beside the resident set before the
 first step. Every process first fixes glibc's mmap threshold as our command line does
@@ -34,12 +34,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB, may be inherited
 
 
-def measure(side: str, batch: int, checkpointed_blocks: int) -> dict[str, float]:
+def measure(side: str, batch: int, recomputation: str) -> dict[str, float]:
     from benchmarks.models import ours_train_step, peer_train_step
 
     release_freed_tensors_to_os()
     if side == "ours":
-        step = ours_train_step(batch, grad_checkpointing=checkpointed_blocks)
+        step = ours_train_step(batch, recomputation=recomputation)
     else:
         step = peer_train_step(batch)
     before = peak_rss_mb()
@@ -48,32 +48,32 @@ def measure(side: str, batch: int, checkpointed_blocks: int) -> dict[str, float]
     return {"before_mb": before, "peak_mb": peak_rss_mb()}
 
 
-def _measure_in_fresh_process(side: str, batch: int, checkpointed_blocks: int = 0) -> dict[str, float]:
+def _measure_in_fresh_process(side: str, batch: int, recomputation: str = "default") -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", side, str(batch), str(torch.get_num_threads()), str(checkpointed_blocks)],
+        [sys.executable, "-m", "benchmarks.memory", side, str(batch), str(torch.get_num_threads()), recomputation],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def memory_rows(batch: int = 32) -> list[Row]:
-    """Ours as trained by default and with gradient checkpointing, each against the peer."""
-    from benchmarks.models import MEMORY_SAVING_CHECKPOINTED_BLOCKS
+    """Ours as trained by default and with nothing recomputed, each against the peer."""
+    from benchmarks.models import RECOMPUTATION, recomputation_label
 
     peer = _measure_in_fresh_process("peer", batch)
     rows = []
-    for blocks in (0, MEMORY_SAVING_CHECKPOINTED_BLOCKS):
-        ours = _measure_in_fresh_process("ours", batch, blocks)
+    for recomputation in RECOMPUTATION:
+        ours = _measure_in_fresh_process("ours", batch, recomputation)
         rows.append(
             Row(
                 name=f"training step peak memory, batch {batch}",
-                ours="MobileNetV2 SSDLite (channels-last weights" + (f", grad_checkpointing={blocks})" if blocks else ")"),
+                ours=recomputation_label(recomputation),
                 peer="torchvision ssdlite320_mobilenet_v3_large train mode",
                 ours_ms=ours["peak_mb"],
                 peer_ms=peer["peak_mb"],
                 ratio=ours["peak_mb"] / peer["peak_mb"],
                 unit="MB",
-                target=f"<= {TARGET_MB}",
+                target="" if recomputation == "none" else f"<= {TARGET_MB}",  # "none" opts out of the saving
                 target_on="ours",
                 settings={
                     "batch": batch,
@@ -88,6 +88,6 @@ def memory_rows(batch: int = 32) -> list[Row]:
 
 
 if __name__ == "__main__":
-    side, batch, threads, blocks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    side, batch, threads, recomputation = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     torch.set_num_threads(threads)
-    print(json.dumps(measure(side, batch, blocks)))
+    print(json.dumps(measure(side, batch, recomputation)))

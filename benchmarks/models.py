@@ -317,22 +317,28 @@ def random_targets(batch: int, size: int, seed: int = 0) -> list[dict[str, torch
     return targets
 
 
-# Backbone blocks recomputed in the backward pass by the memory-saving training setting
-# (MobileNetV2's 160x160 layers, 13% of the forward MAdds: peak 4.5 -> 3.4 GB at batch 32;
-# 5 blocks, 24% of the MAdds, give 2.7 GB).
-MEMORY_SAVING_CHECKPOINTED_BLOCKS = 3
+# What our backward pass recomputes (``build_ssdlite`` arguments), by the name the training
+# and memory rows give it: the default (MobileNetV2's 160x160 blocks), or nothing.
+RECOMPUTATION = {"default": {}, "none": {"grad_checkpointing": 0}}
+
+
+def recomputation_label(recomputation: str) -> str:
+    """What a row's ``ours`` trains with, for its ``recomputation`` setting."""
+    if recomputation == "default":
+        return "MobileNetV2 SSDLite (channels-last weights; default grad_checkpointing: features.0-2 recomputed)"
+    return "MobileNetV2 SSDLite (channels-last weights; grad_checkpointing=0: nothing recomputed)"
 
 
 def ours_train_step(
-    batch: int, size: int = 320, channels_last: bool = True, grad_checkpointing: int = 0
+    batch: int, size: int = 320, channels_last: bool = True, recomputation: str = "default"
 ) -> Callable[[], None]:
     """Forward, loss, backward, SGD step of our SSDLite on fixed random images and targets.
 
     ``channels_last`` puts the weights (hence every activation) in NHWC: 0.81x the step time
-    of NCHW at batch 16 on this machine (interleaved, 2 threads). ``grad_checkpointing``
-    recomputes that many backbone blocks in the backward pass (``build_ssdlite``).
+    of NCHW at batch 16 on this machine (interleaved, 2 threads). ``recomputation`` names what
+    the backward pass recomputes (``RECOMPUTATION``).
     """
-    model = build_ssdlite(num_classes=NUM_CLASSES, grad_checkpointing=grad_checkpointing).train()
+    model = build_ssdlite(num_classes=NUM_CLASSES, **RECOMPUTATION[recomputation]).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)

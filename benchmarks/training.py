@@ -4,11 +4,11 @@ How the C library hands out and takes back tensor memory moves a CPU training st
 2x (``backbone.host_memory``), and what it does depends on the process's history: in the
 benchmark process, after the inference rows, the same step measured 0.77x the peer's speed in
 one run and 1.05x in another. So each case runs in a fresh process (``python -m
-benchmarks.training POLICY BLOCKS BATCH THREADS REPEATS MIN_SECONDS``) that applies its host-memory
+benchmarks.training POLICY RECOMPUTATION BATCH THREADS REPEATS MIN_SECONDS``) that applies its host-memory
 policy before the models are built (both get it: it is a property of the process), then times
 ours and the peer interleaved. Policies: ``glibc`` (none applied: a user's own training loop),
-and the task command line's ``lean`` (its default) and ``fast``. ``BLOCKS`` > 0 trains ours
-with that many backbone blocks recomputed in the backward pass (the memory-saving setting).
+and the task command line's ``lean`` (its default) and ``fast``. ``RECOMPUTATION`` names what
+our backward pass recomputes (``benchmarks.models.RECOMPUTATION``): the default, or nothing.
 """
 
 from __future__ import annotations
@@ -21,34 +21,32 @@ import torch
 
 from backbone.host_memory import apply_host_memory_policy
 from benchmarks.harness import Row, time_interleaved
-from benchmarks.models import MEMORY_SAVING_CHECKPOINTED_BLOCKS, ours_train_step, peer_train_step
+from benchmarks.models import ours_train_step, peer_train_step, recomputation_label
 
 POLICY_NOTES = {
     "glibc": "glibc default (no policy applied)",
     "lean": "lean (task CLI default): freed tensor memory back to the OS at once",
     "fast": "fast: freed tensor memory kept for the next step",
 }
-# (policy, backbone blocks of ours recomputed in the backward pass) of each row
+# (policy, what our backward pass recomputes) of each row
 CASES = (
-    ("glibc", 0), ("glibc", MEMORY_SAVING_CHECKPOINTED_BLOCKS), ("lean", 0), ("lean", MEMORY_SAVING_CHECKPOINTED_BLOCKS),
-    ("fast", 0),
+    ("glibc", "default"), ("glibc", "none"), ("lean", "default"), ("lean", "none"), ("fast", "default"), ("fast", "none"),
 )
 
 
-def measure(policy: str, checkpointed_blocks: int, batch: int, repeats: int, min_seconds: float) -> dict[str, float]:
+def measure(policy: str, recomputation: str, batch: int, repeats: int, min_seconds: float) -> dict[str, float]:
     if policy != "glibc":
         apply_host_memory_policy(policy)
-    ours, peer = ours_train_step(batch, grad_checkpointing=checkpointed_blocks), peer_train_step(batch)
+    ours, peer = ours_train_step(batch, recomputation=recomputation), peer_train_step(batch)
     ours_s, peer_s = time_interleaved(ours, peer, warmup=2, min_repeats=repeats, min_seconds=min_seconds)
     return {"ours_s": ours_s, "peer_s": peer_s}
 
 
-def training_row(batch: int, policy: str, checkpointed_blocks: int, ours_s: float, peer_s: float) -> Row:
+def training_row(batch: int, policy: str, recomputation: str, ours_s: float, peer_s: float) -> Row:
     """A training-step row: img/s ratio (ours / peer) from the seconds per step of each."""
     return Row(
         name=f"training step, batch {batch}, host memory {policy}",
-        ours="MobileNetV2 SSDLite (channels-last weights"
-        + (f", grad_checkpointing={checkpointed_blocks})" if checkpointed_blocks else ")"),
+        ours=recomputation_label(recomputation),
         peer="torchvision ssdlite320_mobilenet_v3_large train mode",
         ours_ms=1000 * ours_s,
         peer_ms=1000 * peer_s,
@@ -70,19 +68,19 @@ def training_row(batch: int, policy: str, checkpointed_blocks: int, ours_s: floa
 
 def training_rows(repeats: int, min_seconds: float, batch: int = 16) -> list[Row]:
     rows = []
-    for policy, blocks in CASES:
+    for policy, recomputation in CASES:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.training", policy, str(blocks), str(batch), str(torch.get_num_threads()),
+            [sys.executable, "-m", "benchmarks.training", policy, recomputation, str(batch), str(torch.get_num_threads()),
              str(repeats), str(min_seconds)],
             check=True, capture_output=True, text=True,
         )
         timed = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append(training_row(batch, policy, blocks, timed["ours_s"], timed["peer_s"]))
+        rows.append(training_row(batch, policy, recomputation, timed["ours_s"], timed["peer_s"]))
     return rows
 
 
 if __name__ == "__main__":
-    policy, blocks, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    policy, recomputation, batch, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     repeats, min_seconds = int(sys.argv[5]), float(sys.argv[6])
     torch.set_num_threads(threads)
-    print(json.dumps(measure(policy, blocks, batch, repeats, min_seconds)))
+    print(json.dumps(measure(policy, recomputation, batch, repeats, min_seconds)))

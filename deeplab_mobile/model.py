@@ -81,7 +81,7 @@ def build_deeplab(
     dropout: float = 0.1,
     head_tap: str | None = None,
     low_level_tap: str | None = None,
-    grad_checkpointing: int = 0,
+    grad_checkpointing: int | None = None,
 ) -> DeepLab:
     """Build a DeepLab segmenter.
 
@@ -99,7 +99,8 @@ def build_deeplab(
         head_tap / low_level_tap: taps to read; default the backbone's ``seg_tap`` and its
             deepest stride-4 tap (decoder only).
         grad_checkpointing: recompute the backbone's first blocks in the backward pass instead
-            of keeping their activations (``Backbone.set_grad_checkpointing``).
+            of keeping their activations (``Backbone.set_grad_checkpointing``); ``None`` keeps
+            the backbone's default (MobileNetV2: 3 blocks), 0 turns it off.
     """
     if head not in HEADS:
         raise ValueError(f"unknown DeepLab head {head!r}; choose one of {HEADS}")
@@ -112,7 +113,8 @@ def build_deeplab(
     if head == "aspp_decoder":
         low_level_tap = low_level_tap or net.deepest_tap(4).name
     net.select_taps([tap for tap in (low_level_tap, head_tap) if tap is not None])
-    net.set_grad_checkpointing(grad_checkpointing)
+    if grad_checkpointing is not None:
+        net.set_grad_checkpointing(grad_checkpointing)
 
     rates = () if head == "reduced" else tuple(atrous_rates or default_atrous_rates(output_stride))
     aspp = ASPP(net.info(head_tap).channels, channels, rates, separable=separable, dropout=dropout)

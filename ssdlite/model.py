@@ -155,7 +155,7 @@ def build_ssdlite(
     topk_per_class: int = 100,
     detections_per_image: int = 100,
     freeze_backbone: bool | str = False,
-    grad_checkpointing: int = 0,
+    grad_checkpointing: int | None = None,
 ) -> SSDLite:
     """The paper's MobileNetV2 + SSDLite (Table 6) or the same head on any registry backbone.
 
@@ -167,9 +167,10 @@ def build_ssdlite(
     a cheap fine-tune for small data or a CPU, where the backbone's backward pass is most of a
     training step. The paper's recipe trains everything (``False``).
     ``grad_checkpointing`` recomputes the backbone's first blocks in the backward pass
-    instead of keeping their activations (``Backbone.set_grad_checkpointing``; MobileNetV2: 3
-    blocks, its 160x160 layers, cut a batch-32 training step's peak memory from 4.5 to 3.4 GB
-    for 13% more forward multiply-adds).
+    instead of keeping their activations (``Backbone.set_grad_checkpointing``); ``None`` keeps
+    the backbone's default (MobileNetV2: 3 blocks, its 160x160 layers, which cut a batch-32
+    training step's peak memory from 4.5 to 3.4 GB for 13% more forward multiply-adds; 0
+    turns it off).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -177,7 +178,8 @@ def build_ssdlite(
         raise ValueError(f"image_size must be >= 32 (the backbone's stride), got {image_size}")
     net = build_backbone(backbone, pretrained=pretrained_backbone, output_stride=32, width_mult=width_mult)
     features = SSDLiteFeatures(net, taps, extra_depths)
-    net.set_grad_checkpointing(grad_checkpointing)
+    if grad_checkpointing is not None:
+        net.set_grad_checkpointing(grad_checkpointing)
     init_weights(features.extras)
     anchor_generator = SSDAnchorGenerator(
         num_layers=len(features.out_channels), min_scale=min_scale, max_scale=max_scale, aspect_ratios=aspect_ratios

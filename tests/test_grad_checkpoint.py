@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from backbone import build_backbone
+from deeplab_mobile import build_deeplab
 from ssdlite import build_ssdlite
 
 
@@ -24,11 +25,12 @@ def saved_bytes(step) -> int:
     return sum(storages.values())
 
 
-def test_checkpointed_step_equals_plain_step_and_keeps_less() -> None:
+@pytest.mark.parametrize("blocks", [3, 5])
+def test_checkpointed_step_equals_plain_step_and_keeps_less(blocks: int) -> None:
     torch.manual_seed(0)
-    plain = build_ssdlite(num_classes=3, width_mult=0.35, image_size=96).train()
+    plain = build_ssdlite(num_classes=3, width_mult=0.35, image_size=96, grad_checkpointing=0).train()
     checkpointed = copy.deepcopy(plain)
-    checkpointed.features.backbone.set_grad_checkpointing(5)
+    checkpointed.features.backbone.set_grad_checkpointing(blocks)
     images = torch.rand(4, 3, 96, 96)
     targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([1])} for _ in range(4)]
 
@@ -47,7 +49,17 @@ def test_checkpointed_step_equals_plain_step_and_keeps_less() -> None:
     def step(model):
         return lambda: sum(model(images, targets).values())
 
-    assert saved_bytes(step(checkpointed)) < 0.75 * saved_bytes(step(plain))
+    assert saved_bytes(step(checkpointed)) < (0.8 if blocks == 3 else 0.75) * saved_bytes(step(plain))
+
+
+def test_mobilenet_v2_recomputes_its_stride_2_blocks_by_default() -> None:
+    """Both tasks train MobileNetV2 with ``features.0-2`` recomputed unless told otherwise."""
+    assert build_backbone("mobilenet_v2", width_mult=0.35).grad_checkpointing == 3
+    assert build_ssdlite(num_classes=3, width_mult=0.35).features.backbone.grad_checkpointing == 3
+    assert build_deeplab(num_classes=3, width_mult=0.35).backbone.grad_checkpointing == 3
+    assert build_ssdlite(num_classes=3, width_mult=0.35, grad_checkpointing=0).features.backbone.grad_checkpointing == 0
+    assert build_deeplab(num_classes=3, width_mult=0.35, grad_checkpointing=5).backbone.grad_checkpointing == 5
+    build_ssdlite(num_classes=3, backbone="resnet18")  # backbones without checkpointing keep building
 
 
 def test_checkpointing_is_off_in_evaluation_and_checked() -> None:
