@@ -63,10 +63,13 @@ def keep_freed_tensors() -> bool:
     return True
 
 
-def apply_host_memory_policy(policy: str | None = None) -> bool:
-    """``lean`` (``release_freed_tensors_to_os``) or ``fast`` (``keep_freed_tensors``); default:
-    the ``MOBILEDET_HOST_MEMORY`` environment variable, else ``lean``."""
-    policy = policy or os.environ.get(POLICY_ENV, "lean")
+def apply_host_memory_policy(policy: str | None = None, default: str | None = "lean") -> bool:
+    """``lean`` (``release_freed_tensors_to_os``) or ``fast`` (``keep_freed_tensors``): ``policy``,
+    else the ``MOBILEDET_HOST_MEMORY`` environment variable, else ``default``; with none of them
+    (``default=None``) glibc's own behaviour stays and this returns False."""
+    policy = policy or os.environ.get(POLICY_ENV) or default
+    if policy is None:
+        return False
     if policy not in POLICIES:
         raise ValueError(f"{POLICY_ENV}={policy!r}: expected one of {', '.join(POLICIES)}")
     return release_freed_tensors_to_os() if policy == "lean" else keep_freed_tensors()

@@ -107,7 +107,9 @@ def test_readme_training_commands_run(demo, tmp_path, monkeypatch):
     my_data = user_data(Path(demo["data"]), tmp_path / "my_data")
     ran, host_memory = [], []
     # mallopt would change this whole test process: record the policy (tests/test_host_memory.py applies it)
-    monkeypatch.setattr(task_cli, "apply_host_memory_policy", lambda: host_memory.append(os.environ.get(POLICY_ENV)))
+    monkeypatch.setattr(
+        task_cli, "apply_host_memory_policy", lambda default: host_memory.append(os.environ.get(POLICY_ENV) or default)
+    )
     for number, (settings, command) in enumerate(readme_commands()):
         tool, step, *args = substitute(command, demo, my_data)
         if step != "fit":

@@ -1,4 +1,5 @@
-"""Host-memory policy of the task CLI: ``lean`` by default, ``fast`` on request, a clear error else."""
+"""Host-memory policy of the task CLI: ``lean`` by default for training, glibc's own for
+inference, ``fast`` on request, a clear error else."""
 
 import subprocess
 import sys
@@ -6,6 +7,8 @@ import sys
 import pytest
 
 from backbone.host_memory import POLICY_ENV
+from backbone import task_cli
+from deeplab_mobile.cli import main as deeplab_main
 from ssdlite.cli import main as ssdlite_main
 
 
@@ -21,3 +24,26 @@ def test_an_unknown_policy_stops_the_cli_naming_the_variable(monkeypatch):
     monkeypatch.setenv(POLICY_ENV, "quick")
     with pytest.raises(SystemExit, match=f"error: {POLICY_ENV}='quick': expected one of lean, fast"):
         ssdlite_main(["fit", "--help"])
+
+
+@pytest.mark.parametrize("asked, applied", [(None, "False"), ("fast", "True")])
+def test_without_a_default_only_the_variable_applies_a_policy(asked, applied, monkeypatch):
+    if asked is None:
+        monkeypatch.delenv(POLICY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(POLICY_ENV, asked)
+    code = "from backbone.host_memory import apply_host_memory_policy; print(apply_host_memory_policy(default=None))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == applied
+
+
+@pytest.mark.parametrize("main", [ssdlite_main, deeplab_main], ids=["ssdlite", "deeplab-mobile"])
+def test_training_is_lean_and_inference_keeps_glibcs_default_unless_asked(main, monkeypatch):
+    applied = []
+    # mallopt would change this whole test process: record what the CLI asks for
+    monkeypatch.setattr(task_cli, "apply_host_memory_policy", lambda default: applied.append(default))
+    monkeypatch.delenv(POLICY_ENV, raising=False)
+    for subcommand in ("fit", "validate", "test", "predict"):
+        with pytest.raises(SystemExit):
+            main([subcommand, "--help"])
+    assert applied == ["lean", None, None, None]
