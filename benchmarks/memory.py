@@ -58,16 +58,16 @@ def _measure_in_fresh_process(side: str, batch: int, recomputation: str = "defau
 
 def memory_rows(batch: int = 32) -> list[Row]:
     """Ours as trained by default and with nothing recomputed, each against the peer."""
-    from benchmarks.models import RECOMPUTATION, recomputation_label
+    from benchmarks.models import RECOMPUTATION
 
     peer = _measure_in_fresh_process("peer", batch)
     rows = []
-    for recomputation in RECOMPUTATION:
+    for recomputation, (_, label) in RECOMPUTATION.items():
         ours = _measure_in_fresh_process("ours", batch, recomputation)
         rows.append(
             Row(
                 name=f"training step peak memory, batch {batch}",
-                ours=recomputation_label(recomputation),
+                ours=label,
                 peer="torchvision ssdlite320_mobilenet_v3_large train mode",
                 ours_ms=ours["peak_mb"],
                 peer_ms=peer["peak_mb"],

@@ -317,16 +317,13 @@ def random_targets(batch: int, size: int, seed: int = 0) -> list[dict[str, torch
     return targets
 
 
-# What our backward pass recomputes (``build_ssdlite`` arguments), by the name the training
-# and memory rows give it: the default (MobileNetV2's 160x160 blocks), or nothing.
-RECOMPUTATION = {"default": {}, "none": {"grad_checkpointing": 0}}
-
-
-def recomputation_label(recomputation: str) -> str:
-    """What a row's ``ours`` trains with, for its ``recomputation`` setting."""
-    if recomputation == "default":
-        return "MobileNetV2 SSDLite (channels-last weights; default grad_checkpointing: features.0-2 recomputed)"
-    return "MobileNetV2 SSDLite (channels-last weights; grad_checkpointing=0: nothing recomputed)"
+# What our backward pass recomputes, by the name the training and memory rows give it: the
+# ``build_ssdlite`` arguments, and what the row's ``ours`` says. The default recomputes
+# MobileNetV2's 160x160 blocks.
+RECOMPUTATION = {
+    "default": ({}, "MobileNetV2 SSDLite (channels-last weights; default grad_checkpointing: features.0-2 recomputed)"),
+    "none": ({"grad_checkpointing": 0}, "MobileNetV2 SSDLite (channels-last weights; grad_checkpointing=0: nothing recomputed)"),
+}
 
 
 def ours_train_step(
@@ -338,7 +335,7 @@ def ours_train_step(
     of NCHW at batch 16 on this machine (interleaved, 2 threads). ``recomputation`` names what
     the backward pass recomputes (``RECOMPUTATION``).
     """
-    model = build_ssdlite(num_classes=NUM_CLASSES, **RECOMPUTATION[recomputation]).train()
+    model = build_ssdlite(num_classes=NUM_CLASSES, **RECOMPUTATION[recomputation][0]).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)

@@ -21,7 +21,7 @@ import torch
 
 from backbone.host_memory import apply_host_memory_policy
 from benchmarks.harness import Row, time_interleaved
-from benchmarks.models import ours_train_step, peer_train_step, recomputation_label
+from benchmarks.models import RECOMPUTATION, ours_train_step, peer_train_step
 
 POLICY_NOTES = {
     "glibc": "glibc default (no policy applied)",
@@ -46,7 +46,7 @@ def training_row(batch: int, policy: str, recomputation: str, ours_s: float, pee
     """A training-step row: img/s ratio (ours / peer) from the seconds per step of each."""
     return Row(
         name=f"training step, batch {batch}, host memory {policy}",
-        ours=recomputation_label(recomputation),
+        ours=RECOMPUTATION[recomputation][1],
         peer="torchvision ssdlite320_mobilenet_v3_large train mode",
         ours_ms=1000 * ours_s,
         peer_ms=1000 * peer_s,
