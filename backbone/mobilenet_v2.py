@@ -12,11 +12,11 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torchvision.ops.misc import Conv2dNormActivation
+
+from core.conv import conv_bn_relu6, init_weights
+from core.grad_checkpoint import checkpointed
 
 from .base import Backbone, FeatureInfo, dilate_blocks, nominal_to_actual_strides
-from .grad_checkpoint import checkpointed
-from .relu6 import ReLU6
 
 # (expansion t, output channels c, repeats n, first stride s): the paper's Table 2.
 INVERTED_RESIDUAL_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -48,9 +48,9 @@ class InvertedResidual(nn.Module):
         self.has_expansion = expand_ratio != 1
         layers: list[nn.Module] = []
         if self.has_expansion:
-            layers.append(Conv2dNormActivation(in_channels, hidden, kernel_size=1, activation_layer=ReLU6))
+            layers.append(conv_bn_relu6(in_channels, hidden, kernel_size=1))
         layers += [
-            Conv2dNormActivation(hidden, hidden, stride=stride, groups=hidden, activation_layer=ReLU6),
+            conv_bn_relu6(hidden, hidden, stride=stride, groups=hidden),
             nn.Conv2d(hidden, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
         ]
@@ -72,29 +72,14 @@ def build_features(width_mult: float = 1.0) -> nn.Sequential:
     """The ``features`` trunk: stem, 17 inverted residual blocks, last 1x1 conv (19 modules)."""
     in_channels = make_divisible(32 * width_mult)
     last_channels = make_divisible(1280 * max(1.0, width_mult))
-    layers: list[nn.Module] = [Conv2dNormActivation(3, in_channels, stride=2, activation_layer=ReLU6)]
+    layers: list[nn.Module] = [conv_bn_relu6(3, in_channels, stride=2)]
     for t, c, n, s in INVERTED_RESIDUAL_SETTING:
         out_channels = make_divisible(c * width_mult)
         for i in range(n):
             layers.append(InvertedResidual(in_channels, out_channels, s if i == 0 else 1, t))
             in_channels = out_channels
-    layers.append(Conv2dNormActivation(in_channels, last_channels, kernel_size=1, activation_layer=ReLU6))
+    layers.append(conv_bn_relu6(in_channels, last_channels, kernel_size=1))
     return nn.Sequential(*layers)
-
-
-def init_weights(module: nn.Module) -> None:
-    """torchvision's initialisation, so random-init models match it in distribution."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 class MobileNetV2(nn.Module):

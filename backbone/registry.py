@@ -61,6 +61,12 @@ def build_backbone(
     return backbone
 
 
+def backbone_mean(name: str) -> tuple[float, float, float]:
+    """The per-channel mean (images in [0, 1]) that backbone ``name``'s weights are normalised
+    with, known without its weights: the colour datamodules pad its inputs with."""
+    return tuple(build_backbone(name).mean)  # type: ignore[return-value]
+
+
 def _require_width_one(name: str, width_mult: float) -> None:
     if width_mult != 1.0:
         raise ValueError(f"backbone {name!r} has no width multiplier (got width_mult={width_mult}); use mobilenet_v2")

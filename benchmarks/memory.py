@@ -5,7 +5,7 @@ RECOMPUTATION``) so that none inherits another's allocations; the figure is the
 process's peak resident set (``VmHWM``) over two steps (the second holds the optimizer's
 momentum buffers), Python and the libraries included, beside the resident set before the
 first step. Every process first fixes glibc's mmap threshold as our command line does
-(``backbone.host_memory``): it is a property of the process, not of a model, so the peer
+(``engine.host_memory``): it is a property of the process, not of a model, so the peer
 gets it too.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from backbone.host_memory import release_freed_tensors_to_os
+from engine.host_memory import release_freed_tensors_to_os
 from benchmarks.harness import Row
 
 TARGET_MB = 4096

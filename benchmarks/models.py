@@ -2,7 +2,7 @@
 
 Every row runs ours and a torchvision peer with random weights in this process on the same
 inputs (``harness.time_interleaved``). Ours runs through its inference fast path
-(``backbone.fuse``) unless ``fast=False``, so the same code also measures the baseline.
+(``core.fuse``) unless ``fast=False``, so the same code also measures the baseline.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import segmentation as tv_segmentation
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
-from backbone.base import IMAGENET_MEAN, IMAGENET_STD
-from backbone.fuse import optimize_for_inference
+from core.constants import IMAGENET_MEAN, IMAGENET_STD
+from core.fuse import optimize_for_inference
 from benchmarks.harness import Row, time_interleaved
 from deeplab_mobile import build_deeplab
 from ssdlite import build_ssdlite

@@ -1,7 +1,7 @@
 """Training step (batch 16, 320x320) of ours vs the peer, every case in a fresh process.
 
 How the C library hands out and takes back tensor memory moves a CPU training step by up to
-2x (``backbone.host_memory``), and what it does depends on the process's history: in the
+2x (``engine.host_memory``), and what it does depends on the process's history: in the
 benchmark process, after the inference rows, the same step measured 0.77x the peer's speed in
 one run and 1.05x in another. So each case runs in a fresh process (``python -m
 benchmarks.training POLICY RECOMPUTATION BATCH THREADS REPEATS MIN_SECONDS``) that applies its host-memory
@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from backbone.host_memory import apply_host_memory_policy
+from engine.host_memory import apply_host_memory_policy
 from benchmarks.harness import Row, time_interleaved
 from benchmarks.models import RECOMPUTATION, ours_train_step, peer_train_step
 

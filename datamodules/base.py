@@ -2,7 +2,12 @@
 run's report of bad data.
 
 Subclasses build their datasets in ``_build_dataset(split)`` (``split`` in train / val /
-test) and give their collate functions; this base turns them into DataLoaders.
+test) and give their collate functions; this base turns them into DataLoaders. Subclasses pass
+the loader settings on as ``**kwargs`` (the CLI still lists every one of them).
+
+``image_mean`` is the normalisation mean of the model's backbone (the task CLI links it from
+``model.backbone``): padding and zoom-out canvases are filled with it, so a padded pixel
+normalises to zero whatever the backbone.
 
 Training batches are a pure function of (seed, epoch, position), so a run killed mid-epoch
 resumes exactly (``datamodules.loaders``). The seed is ``run_seed()``.
@@ -14,7 +19,7 @@ ranks may hold one image more or less.
 
 Bad data: the problems found reading annotations (in ``setup``) and those met while decoding
 (in any worker) go to one ``ProblemLog`` per run, which logs each once; at the end of fit /
-validate / test, and when the run fails, its summary is logged and its counts are sent to the
+validate / test / predict, and when the run fails, its summary is logged and its counts are sent to the
 Lightning loggers as ``data/problems`` (all problems), ``data/problems/<kind>`` and
 ``data/converted/<kind>``.
 """
@@ -26,15 +31,17 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+
+from core.constants import IGNORE_INDEX, IMAGENET_MEAN, mean_fill
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .decoded_cache import DecodedCache
 from .collate import PredictCollate, SegmentationCollate, detection_collate
-from .datasets import _SkippingDataset, decoded_image
+from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem, _SkippingDataset, decoded_image
 from .loaders import EpochSampler, ReportingDataLoader, ResumableDataLoader
-from .predict import ImageFolderPredictDataset
+from .predict import ImageFolderPredictDataset, coco_image_ids
 from .problems import DataProblem, ProblemLog, ProblemReport
-from .transforms import IGNORE_INDEX, deeplab_train_transform, ssd_eval_transform, ssd_train_transform
+from .transforms import deeplab_train_transform, ssd_eval_transform, ssd_train_transform
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 
@@ -88,19 +95,23 @@ class BaseDataModule(L.LightningDataModule):
         predict_path: a folder or file of arbitrary images for ``trainer.predict``.
         strict: scan the datasets in ``setup`` and raise on any problem instead of counting
             and skipping (see ``datamodules.check``).
+        image_mean: the model's normalisation mean of images in [0, 1]; padding colour.
     """
 
     def __init__(
         self,
-        batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        pin_memory: bool,
-        persistent_workers: bool,
-        predict_path: str | None,
-        strict: bool,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+        predict_path: str | None = None,
+        strict: bool = False,
+        image_mean: tuple[float, float, float] = IMAGENET_MEAN,
     ) -> None:
         super().__init__()
+        # Here, not in the subclasses: the init arguments of the whole class chain are saved.
+        self.save_hyperparameters()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -108,6 +119,7 @@ class BaseDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.predict_path = predict_path
         self.strict = strict
+        self.fill = mean_fill(tuple(image_mean))
         self.datasets: dict[str, Dataset] = {}
         self.reports: dict[str, ProblemReport] = {}
         self.problem_log = ProblemLog(type(self).__name__)
@@ -119,7 +131,7 @@ class BaseDataModule(L.LightningDataModule):
         """The dataset of ``split`` (train / val / test) and the problems met reading it."""
         raise NotImplementedError
 
-    def _predict_dataset(self, path: str) -> Dataset:
+    def _predict_dataset(self, path: str) -> ImageFolderPredictDataset:
         raise NotImplementedError
 
     def _collate(self, split: str) -> Callable[[list[Any]], Any]:
@@ -151,11 +163,12 @@ class BaseDataModule(L.LightningDataModule):
         if stage == "predict":
             if self.predict_path is None:
                 raise ValueError(f"{type(self).__name__}: set predict_path to a folder or file of images to predict on")
-            self.datasets["predict"] = self._predict_dataset(self.predict_path)
+            dataset = self._predict_dataset(self.predict_path)
+            self.problem_log.record_report(dataset.report, announce=self._ranks()[1] == 0)
+            self.datasets["predict"] = dataset
 
     def teardown(self, stage: str) -> None:
-        if stage != "predict":
-            self._report_run(self._gathered_report())
+        self._report_run(self._gathered_report())
 
     def on_exception(self, exception: BaseException) -> None:
         # No gathering across processes here: another one may be gone.
@@ -199,16 +212,12 @@ class BaseDataModule(L.LightningDataModule):
     def test_dataloader(self) -> ReportingDataLoader:
         return self._evaluation_loader("test")
 
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.datasets["predict"],
-            batch_size=self.eval_batch_size,
-            collate_fn=self._collate("predict"),
-            **self._worker_settings(),
-        )
+    def predict_dataloader(self) -> ReportingDataLoader:
+        return self._evaluation_loader("predict")
 
     # --- helpers ---------------------------------------------------------------------------
     def _evaluation_loader(self, split: str) -> ReportingDataLoader:
+        """Every sample of ``split`` once, in order (strided over DDP ranks)."""
         dataset = self.datasets[split]
         num_replicas, rank = self._ranks()
         return ReportingDataLoader(
@@ -226,7 +235,7 @@ class BaseDataModule(L.LightningDataModule):
             "pin_memory": self.pin_memory and torch.cuda.is_available(),
             "persistent_workers": self.persistent_workers and self.num_workers > 0,
             # Workers' base seeds come from the loader's own generator: iterating a loader leaves
-            # torch's global random state alone, which a resumed run restores (backbone.training).
+            # torch's global random state alone, which a resumed run restores (engine.rng_state).
             "generator": torch.Generator().manual_seed(run_seed()),
         }
 
@@ -264,43 +273,70 @@ class BaseDataModule(L.LightningDataModule):
 class BaseDetectionDataModule(BaseDataModule):
     """Detection: SSD augmentations for training, resize-only evaluation, ``S x S`` predict.
 
+    Args:
+        image_size: the square model input (SSDLite: 320).
+        zoom_out / max_zoom_out / min_iou_crop / horizontal_flip / photometric: SSD
+            training augmentations (each can be switched off).
+        image_ids_from: a COCO annotation json whose ``file_name`` -> ``id`` table gives each
+            predicted image its ``image_id`` (default: the numeric file name, as in COCO:
+            ``000000397133.jpg`` -> 397133; other names get none).
+        Others: ``BaseDataModule``'s.
+
     Subclasses set ``num_classes`` and ``class_names`` in ``__init__``.
     """
 
     def __init__(
         self,
-        image_size: int,
-        augment: dict[str, Any],
-        batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        pin_memory: bool,
-        persistent_workers: bool,
-        predict_path: str | None,
-        strict: bool,
+        image_size: int = 320,
+        zoom_out: bool = True,
+        max_zoom_out: float = 4.0,
+        min_iou_crop: bool = True,
+        horizontal_flip: bool = True,
+        photometric: bool = True,
+        image_ids_from: str | None = None,
+        batch_size: int = 24,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, predict_path, strict)
+        super().__init__(batch_size=batch_size, **kwargs)
         self.image_size = image_size
-        self.augment = augment
+        self.augment = dict(
+            zoom_out=zoom_out,
+            max_zoom_out=max_zoom_out,
+            min_iou_crop=min_iou_crop,
+            horizontal_flip=horizontal_flip,
+            photometric=photometric,
+        )
+        self.image_ids_from = image_ids_from
 
-    def _transform(self, split: str):
-        if split == "train":
-            return ssd_train_transform(self.image_size, **self.augment)
-        return ssd_eval_transform(self.image_size)
+    def _detection_dataset(self, records: list[DetectionRecord], split: str, include_crowd: bool) -> DetectionDataset:
+        train = split == "train"
+        if train:
+            transform = ssd_train_transform(self.image_size, fill=self.fill, **self.augment)
+        else:
+            transform = ssd_eval_transform(self.image_size)
+        return DetectionDataset(records, transform, include_crowd=include_crowd, original_boxes=not train, strict=self.strict)
 
     def _predict_dataset(self, path: str) -> ImageFolderPredictDataset:
-        return ImageFolderPredictDataset(path, resize_to=self.image_size)
+        image_ids = coco_image_ids(self.image_ids_from) if self.image_ids_from else None
+        return ImageFolderPredictDataset(path, resize_to=self.image_size, image_ids=image_ids)
 
     def _collate(self, split: str):
-        return PredictCollate(size_divisor=1) if split == "predict" else detection_collate
+        return PredictCollate(size_divisor=1, fill=self.fill) if split == "predict" else detection_collate
 
 
 class BaseSegmentationDataModule(BaseDataModule):
     """Segmentation: DeepLab augmentations for training; whole images, padded to a multiple of
     ``size_divisor`` (mean colour / 255), for evaluation; predict images shrunk to at most
-    ``predict_max_size`` on the longer side. ``decoded_cache_dir``: keep every decoded, checked
-    image and mask there as raw arrays, so later epochs skip decoding (``DecodedCache``;
-    decoding is most of the DeepLab pipeline's time; VOC trainaug needs ~8 GB).
+    ``predict_max_size`` on the longer side.
+
+    Args:
+        crop_size / scales / horizontal_flip: DeepLab training augmentation.
+        size_divisor: evaluation batches are padded to a multiple of it.
+        predict_max_size: predict images larger than this (longer side) are shrunk to it.
+        decoded_cache_dir: keep every decoded, checked image and mask there as raw arrays, so
+            later epochs skip decoding (``DecodedCache``; decoding is most of the DeepLab
+            pipeline's time; VOC trainaug needs ~8 GB).
+        Others: ``BaseDataModule``'s.
 
     Subclasses set ``num_classes`` and ``class_names`` in ``__init__``.
     """
@@ -309,21 +345,15 @@ class BaseSegmentationDataModule(BaseDataModule):
 
     def __init__(
         self,
-        crop_size: int,
-        scales: list[float] | None,
-        horizontal_flip: bool,
-        size_divisor: int,
-        predict_max_size: int | None,
-        batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int,
-        pin_memory: bool,
-        persistent_workers: bool,
-        predict_path: str | None,
-        strict: bool,
+        crop_size: int = 513,
+        scales: list[float] | None = None,
+        horizontal_flip: bool = True,
+        size_divisor: int = 32,
+        predict_max_size: int | None = 1024,
         decoded_cache_dir: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, predict_path, strict)
+        super().__init__(**kwargs)
         self.crop_size = crop_size
         self.scales = scales
         self.horizontal_flip = horizontal_flip
@@ -331,20 +361,28 @@ class BaseSegmentationDataModule(BaseDataModule):
         self.predict_max_size = predict_max_size
         self.decoded_cache_dir = decoded_cache_dir
 
-    def _decoded_cache(self) -> DecodedCache | None:
-        """Where decoded images and masks are kept between epochs (``decoded_cache_dir``)."""
-        return DecodedCache(self.decoded_cache_dir) if self.decoded_cache_dir else None
-
-    def _transform(self, split: str):
+    def _segmentation_dataset(
+        self, items: list[SegmentationItem], split: str, mask_ignore_index: int = IGNORE_INDEX
+    ) -> SegmentationDataset:
+        transform = None  # evaluation: whole images, padded by the collate function
         if split == "train":
-            return deeplab_train_transform(self.crop_size, scales=self.scales, horizontal_flip=self.horizontal_flip)
-        return None
+            transform = deeplab_train_transform(
+                self.crop_size, scales=self.scales, horizontal_flip=self.horizontal_flip, fill=self.fill
+            )
+        return SegmentationDataset(
+            items,
+            transform,
+            num_classes=self.num_classes,
+            mask_ignore_index=mask_ignore_index,
+            strict=self.strict,
+            cache=DecodedCache(self.decoded_cache_dir) if self.decoded_cache_dir else None,
+        )
 
     def _predict_dataset(self, path: str) -> ImageFolderPredictDataset:
         return ImageFolderPredictDataset(path, max_size=self.predict_max_size)
 
     def _collate(self, split: str):
         if split == "predict":
-            return PredictCollate(self.size_divisor)
+            return PredictCollate(self.size_divisor, self.fill)
         # Training crops all have the crop size; evaluation images are padded to the divisor.
-        return SegmentationCollate(1 if split == "train" else self.size_divisor)
+        return SegmentationCollate(1 if split == "train" else self.size_divisor, self.fill)

@@ -30,7 +30,7 @@ import yaml
 
 from .base import BaseDataModule
 from .coco import CocoDetectionDataModule
-from .io import read_list
+from .image_io import read_list
 from .problems import ProblemReport
 from .voc import VOCDetectionDataModule, VOCSegmentationDataModule
 

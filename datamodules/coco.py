@@ -28,10 +28,11 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from core.constants import IGNORE_INDEX
+
 from .base import BaseDetectionDataModule, BaseSegmentationDataModule
 from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem
 from .problems import DataProblem, ProblemReport
-from .transforms import IGNORE_INDEX
 from .voc import VOC_CLASSES
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,8 @@ class CocoDetectionDataModule(BaseDetectionDataModule):
         train_images / train_annotations / val_images / val_annotations: official defaults.
         test_images / test_annotations: default to the val ones (test-dev has no labels).
         category_ids: use only these category ids, in this order (default: all, by id).
-        image_size: the square model input (SSDLite: 320).
-        zoom_out / max_zoom_out / min_iou_crop / horizontal_flip / photometric: SSD
-            training augmentations (each can be switched off).
         keep_empty_images: keep training images without objects as background samples.
+        Others (image size, augmentation, loaders): ``BaseDetectionDataModule``'s.
     """
 
     def __init__(
@@ -186,32 +185,10 @@ class CocoDetectionDataModule(BaseDetectionDataModule):
         test_images: str | None = None,
         test_annotations: str | None = None,
         category_ids: list[int] | None = None,
-        image_size: int = 320,
-        zoom_out: bool = True,
-        max_zoom_out: float = 4.0,
-        min_iou_crop: bool = True,
-        horizontal_flip: bool = True,
-        photometric: bool = True,
         keep_empty_images: bool = True,
-        batch_size: int = 24,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = False,
-        predict_path: str | None = None,
-        strict: bool = False,
+        **kwargs: Any,
     ) -> None:
-        augment = dict(
-            zoom_out=zoom_out,
-            max_zoom_out=max_zoom_out,
-            min_iou_crop=min_iou_crop,
-            horizontal_flip=horizontal_flip,
-            photometric=photometric,
-        )
-        super().__init__(
-            image_size, augment, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, predict_path, strict
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.root = Path(root)
         self.splits = {
             "train": (self.root / train_images, self.root / train_annotations),
@@ -245,7 +222,7 @@ class CocoDetectionDataModule(BaseDetectionDataModule):
             keep_empty_images=self.keep_empty_images or not train,
             report=report,
         )
-        dataset = DetectionDataset(records, self._transform(split), include_crowd=not train, strict=self.strict)
+        dataset = self._detection_dataset(records, split, include_crowd=not train)
         return dataset, report
 
 
@@ -310,37 +287,10 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
         val_annotations: str = "annotations/instances_val2017.json",
         class_names: list[str] | None = None,
         coco_names: list[str] | None = None,
-        crop_size: int = 513,
-        scales: list[float] | None = None,
-        horizontal_flip: bool = True,
         keep_empty_images: bool = False,
-        size_divisor: int = 32,
-        batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = False,
-        predict_path: str | None = None,
-        predict_max_size: int | None = 1024,
-        strict: bool = False,
-        decoded_cache_dir: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            crop_size,
-            scales,
-            horizontal_flip,
-            size_divisor,
-            predict_max_size,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            pin_memory,
-            persistent_workers,
-            predict_path,
-            strict,
-            decoded_cache_dir,
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.root = Path(root)
         self.splits = {
             "train": (self.root / train_images, self.root / train_annotations),
@@ -381,7 +331,4 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
                 anns, int(info["height"]), int(info["width"]), label_of, f"{annotations_version}#{image_id}"
             )
             items.append(SegmentationItem(path, mask))
-        dataset = SegmentationDataset(
-            items, self._transform(split), num_classes=self.num_classes, strict=self.strict, cache=self._decoded_cache()
-        )
-        return dataset, report
+        return self._segmentation_dataset(items, split), report

@@ -2,8 +2,8 @@
 
 Samples that a dataset skipped (``None``) are dropped here. Images leave as float32
 ``N x 3 x H x W`` in [0, 1]; segmentation images of different sizes are padded at the
-bottom/right to a common size rounded up to ``size_divisor`` (image: the mean colour, mask:
-255), so the padding is ignored by the loss and the metric and normalises to zero.
+bottom/right to a common size rounded up to ``size_divisor`` (image: the model's mean colour,
+mask: 255), so the padding is ignored by the loss and the metric and normalises to zero.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ from typing import Any, Sequence
 
 import torch
 
-from .transforms import IGNORE_INDEX, MEAN_FILL
+from core.constants import IGNORE_INDEX, mean_fill
 
 
-def pad_images(images: Sequence[torch.Tensor], size_divisor: int = 1) -> torch.Tensor:
+def pad_images(
+    images: Sequence[torch.Tensor], size_divisor: int = 1, fill: Sequence[int] = mean_fill()
+) -> torch.Tensor:
     """Stack uint8 ``3 x h_i x w_i`` images into float32 ``N x 3 x H x W`` in [0, 1], padding
-    bottom/right with the mean colour to the largest size rounded up to ``size_divisor``."""
+    bottom/right with the uint8 colour ``fill`` to the largest size rounded up to ``size_divisor``."""
     height, width = _padded_size([img.shape[-2:] for img in images], size_divisor)
     batch = torch.empty((len(images), 3, height, width), dtype=torch.uint8)
-    batch[:] = torch.tensor(MEAN_FILL, dtype=torch.uint8).view(1, 3, 1, 1)
+    batch[:] = torch.tensor(fill, dtype=torch.uint8).view(1, 3, 1, 1)
     for out, img in zip(batch, images):
         out[:, : img.shape[-2], : img.shape[-1]] = img
     return batch.float().div_(255)
@@ -51,27 +53,26 @@ def detection_collate(batch: Sequence[Any]) -> tuple[torch.Tensor, list[dict[str
 
 
 class SegmentationCollate:
-    """``[(uint8 3 x h x w, uint8 h x w)]`` -> ``(float32 N x 3 x H x W, int64 N x H x W)``, padded."""
+    """``[(uint8 3 x h x w, uint8 h x w)]`` -> ``(float32 N x 3 x H x W, int64 N x H x W)``, padded
+    with ``fill`` (image) and 255 (mask)."""
 
-    def __init__(self, size_divisor: int = 32) -> None:
+    def __init__(self, size_divisor: int = 32, fill: Sequence[int] = mean_fill()) -> None:
         self.size_divisor = size_divisor
+        self.fill = tuple(fill)
 
     def __call__(self, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         samples = [s for s in batch if s is not None]
         if not samples:
             return torch.zeros((0, 3, 0, 0)), torch.zeros((0, 0, 0), dtype=torch.int64)
-        images = pad_images([s[0] for s in samples], self.size_divisor)
+        images = pad_images([s[0] for s in samples], self.size_divisor, self.fill)
         return images, pad_masks([s[1] for s in samples], tuple(images.shape[-2:]))
 
 
-class PredictCollate:
-    """``[(uint8 3 x h x w, meta)]`` -> ``(float32 N x 3 x H x W, [meta])``, padded if sizes differ."""
-
-    def __init__(self, size_divisor: int = 32) -> None:
-        self.size_divisor = size_divisor
+class PredictCollate(SegmentationCollate):
+    """``[(uint8 3 x h x w, meta)]`` -> ``(float32 N x 3 x H x W, [meta])``, padded with ``fill`` if sizes differ."""
 
     def __call__(self, batch: Sequence[Any]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         samples = [s for s in batch if s is not None]
         if not samples:
             return torch.zeros((0, 3, 0, 0)), []
-        return pad_images([s[0] for s in samples], self.size_divisor), [s[1] for s in samples]
+        return pad_images([s[0] for s in samples], self.size_divisor, self.fill), [s[1] for s in samples]

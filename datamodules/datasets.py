@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.constants import IGNORE_INDEX
+
 from .decoded_cache import DecodedCache
-from .io import LoadedImage, load_image, read_index_mask
+from .image_io import LoadedImage, load_image, read_index_mask
 from .problems import DataProblem
-from .transforms import IGNORE_INDEX
 
 
 @dataclass
@@ -146,7 +147,11 @@ class _SkippingDataset(Dataset):
 
 
 class DetectionDataset(_SkippingDataset):
-    """Items ``(image uint8 3 x H x W, target)`` with the contract's target dict.
+    """Items ``(image uint8 3 x H x W, target)`` with the contract's target dict: ``boxes``
+    ``K x 4`` xyxy in the transformed image's pixels, ``labels``, ``iscrowd``, ``image_id``,
+    ``orig_size`` ``[h, w]``; with ``original_boxes`` (evaluation, whose resize drops no box)
+    also ``orig_boxes``, the annotated boxes in the original image's pixels, in the order of
+    ``labels``: what the metric compares detections with.
 
     ``include_crowd=False`` (training) removes crowd / difficult boxes from the targets;
     evaluation keeps them with ``iscrowd=1`` so the metric can ignore them.
@@ -158,10 +163,11 @@ class DetectionDataset(_SkippingDataset):
         transform: A.Compose,
         *,
         include_crowd: bool,
+        original_boxes: bool = False,
         strict: bool = False,
-        cache: DecodedCache | None = None,
     ) -> None:
-        super().__init__(transform, strict, cache)
+        super().__init__(transform, strict)
+        self.original_boxes = original_boxes
         self.records = records
         self.include_crowd = include_crowd
 
@@ -170,10 +176,6 @@ class DetectionDataset(_SkippingDataset):
 
     def image_path(self, index: int) -> Path:
         return self.records[index].image_path
-
-    def cache_sources(self, index: int) -> list[Path | str]:
-        record = self.records[index]
-        return [record.image_path, f"annotated size {record.size}"]
 
     def load(self, index: int) -> LoadedImage:
         """The decoded image of record ``index``, checked against its annotated size; raises ``DataProblem``."""
@@ -202,6 +204,8 @@ class DetectionDataset(_SkippingDataset):
             "image_id": torch.tensor(record.image_id, dtype=torch.int64),
             "orig_size": torch.tensor(image.shape[:2], dtype=torch.int64),
         }
+        if self.original_boxes:
+            target["orig_boxes"] = torch.as_tensor(record.boxes[keep])
         return torch.from_numpy(out["image"]).permute(2, 0, 1), target
 
 

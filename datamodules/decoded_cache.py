@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .io import LoadedImage
+from .image_io import LoadedImage
 
 Decoded = LoadedImage | tuple[LoadedImage, np.ndarray]
 

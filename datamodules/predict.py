@@ -1,78 +1,109 @@
 """Prediction over a folder (or one file) of arbitrary images.
 
 Any size, JPEG/PNG/..., grayscale, RGBA, 16-bit and CMYK are converted to RGB and the EXIF
-orientation is applied (see ``io.load_image``). Files that are not images are reported with
-a logged error when the folder is listed and left out; a file that fails to decode later is
-skipped the same way. Items are ``(uint8 3 x h x w, meta)`` with ``meta`` = ``path``,
-``orig_size`` ``[h, w]`` of the (upright) original and ``size`` ``[h, w]`` of the valid,
-unpadded network input.
+orientation is applied (see ``image_io.load_image``). Files that are not images are left out
+when the folder is listed and counted in ``report`` (``not_an_image``); a file that fails to
+decode later is skipped like a bad training sample, so both reach the run's summary.
+
+Items are ``(uint8 3 x h x w network input, meta)``; ``meta`` holds ``path``, ``image_id``
+(from ``image_ids``, else the numeric file name, else None), ``orig_size`` ``[h, w]`` of the
+upright original, ``size`` ``[h, w]`` of the valid, unpadded network input, and ``image``,
+the decoded original (uint8 ``3 x orig_h x orig_w``) to draw the predictions on.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import cv2
 import torch
-from torch.utils.data import Dataset
 
-from .io import is_image_file, read_image
-from .problems import DataProblem
-
-log = logging.getLogger(__name__)
+from .datasets import _SkippingDataset
+from .image_io import LoadedImage, is_image_file, load_image
+from .problems import DataProblem, ProblemReport
 
 
-def list_image_files(path: str | Path) -> tuple[list[Path], list[Path]]:
-    """``(images, rejected)``: the files under ``path`` (recursive, sorted, hidden ones
-    skipped) that Pillow recognises as images, and those it does not (each logged)."""
+def list_image_files(path: str | Path) -> tuple[list[Path], ProblemReport]:
+    """The files under ``path`` (recursive, sorted, hidden ones skipped) that Pillow recognises
+    as images, and a report naming those it does not (``not_an_image``)."""
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"predict path {root} does not exist")
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root.parent).parts)]
-    images, rejected = [], []
+    report = ProblemReport(f"predict ({root})")
+    images = []
     for file in files:
-        (images if is_image_file(file) else rejected).append(file)
-    for file in rejected:
-        log.error("%s: not an image Pillow can read; left out of prediction", file)
-    if rejected:
-        log.error("%d of %d files under %s are not images and were left out", len(rejected), len(files), root)
-    return images, rejected
+        if is_image_file(file):
+            images.append(file)
+        else:
+            report.add(DataProblem("not_an_image", file, "not an image Pillow can read; left out of prediction"))
+    return images, report
 
 
-class ImageFolderPredictDataset(Dataset):
+def coco_image_ids(annotation_file: str | Path) -> dict[str, int]:
+    """The ``file_name`` -> ``id`` table of a COCO annotation json."""
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"image_ids_from: {path} does not exist")
+    return {image["file_name"]: int(image["id"]) for image in json.loads(path.read_text())["images"]}
+
+
+class ImageFolderPredictDataset(_SkippingDataset):
     """Images to predict on.
 
     ``resize_to`` set (detection): every image is resized to ``resize_to`` x ``resize_to``.
     Otherwise (segmentation) the image keeps its aspect ratio and is shrunk only when its
-    longer side exceeds ``max_size``; the collate function pads the batch.
+    longer side exceeds ``max_size``; the collate function pads the batch. ``image_ids``:
+    file name -> image id (e.g. ``coco_image_ids`` of an annotation file).
     """
 
-    def __init__(self, path: str | Path, *, resize_to: int | None = None, max_size: int | None = None) -> None:
-        self.files, self.rejected = list_image_files(path)
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        resize_to: int | None = None,
+        max_size: int | None = None,
+        image_ids: Mapping[str, int] | None = None,
+    ) -> None:
+        super().__init__(transform=None, strict=False)
+        self.files, self.report = list_image_files(path)
+        self.report.checked = len(self.files)
         self.resize_to = resize_to
         self.max_size = max_size
-        self.skipped = 0
+        self.image_ids = image_ids
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
-        path = self.files[index]
-        try:
-            image = read_image(path)
-        except DataProblem as problem:
-            self.skipped += 1
-            log.error("skipping %s [%s]", problem, problem.kind)
-            return None
-        orig_h, orig_w = image.shape[:2]
+    def image_path(self, index: int) -> Path:
+        return self.files[index]
+
+    def load(self, index: int) -> LoadedImage:
+        return load_image(self.files[index])
+
+    def image_id(self, path: Path) -> int | None:
+        if self.image_ids is not None:
+            return self.image_ids.get(path.name)
+        return int(path.stem) if path.stem.isdigit() else None
+
+    def _transformed(self, index: int, loaded: LoadedImage) -> tuple[torch.Tensor, dict[str, Any]]:
+        path, original = self.files[index], loaded.array
+        orig_h, orig_w = original.shape[:2]
+        image = original
         if self.resize_to is not None:
-            image = cv2.resize(image, (self.resize_to, self.resize_to), interpolation=cv2.INTER_LINEAR)
+            image = cv2.resize(original, (self.resize_to, self.resize_to), interpolation=cv2.INTER_LINEAR)
         elif self.max_size is not None and max(orig_h, orig_w) > self.max_size:
             scale = self.max_size / max(orig_h, orig_w)
             size = (max(1, round(orig_w * scale)), max(1, round(orig_h * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        meta = {"path": str(path), "orig_size": [orig_h, orig_w], "size": list(image.shape[:2])}
+            image = cv2.resize(original, size, interpolation=cv2.INTER_AREA)
+        meta = {
+            "path": str(path),
+            "image_id": self.image_id(path),
+            "orig_size": [orig_h, orig_w],
+            "size": list(image.shape[:2]),
+            "image": torch.from_numpy(original).permute(2, 0, 1),
+        }
         return torch.from_numpy(image).permute(2, 0, 1), meta

@@ -17,10 +17,6 @@ from typing import Iterable
 
 log = logging.getLogger(__name__)
 
-# Conversions applied to readable images: reported by the check, never an error.
-CONVERSION_KINDS = ("exif_rotated", "grayscale", "palette", "alpha_dropped", "16_bit", "cmyk")
-
-
 class DataProblem(Exception):
     """A file that cannot be used as it is: ``kind`` (a short tag), the file, what is wrong."""
 

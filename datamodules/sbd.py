@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from .io import read_list
+from .image_io import read_list
 from .problems import DataProblem
 
 

@@ -28,12 +28,8 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.core.type_definitions import Targets
 from pydantic import Field
 
-from backbone import IMAGENET_MEAN
+from core.constants import IGNORE_INDEX, mean_fill
 
-IGNORE_INDEX = 255
-# The mean colour in uint8 space: what padding and zoom-out canvases are filled with, so a
-# padded pixel normalises to zero inside the model.
-MEAN_FILL = tuple(round(255 * m) for m in IMAGENET_MEAN)
 DEEPLAB_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 # SSD sampling options: None = the whole image, else the minimum IoU a crop must reach with
 # some object (0.0 = any patch), as in the SSD paper.
@@ -55,7 +51,7 @@ class ZoomOut(A.Pad):
     def __init__(
         self,
         max_ratio: float = 4.0,
-        fill: tuple[float, ...] | float = MEAN_FILL,
+        fill: tuple[float, ...] | float = mean_fill(),
         fill_mask: float = IGNORE_INDEX,
         p: float = 0.5,
     ) -> None:
@@ -256,15 +252,18 @@ def ssd_train_transform(
     min_iou_crop: bool = True,
     horizontal_flip: bool = True,
     photometric: bool = True,
+    fill: tuple[int, int, int] = mean_fill(),
 ) -> A.Compose:
     """SSD training: [zoom-out] -> [min-IoU crop] -> [flip] -> resize -> [photometric].
+
+    ``fill``: the zoom-out canvas colour, the model's normalisation mean (``core.constants.mean_fill``).
 
     The photometric distortion acts per pixel, so it runs last, on the small resized image,
     where it costs a fraction of what it would on the zoomed-out canvas.
     """
     steps: list[A.BasicTransform] = []
     if zoom_out:
-        steps.append(ZoomOut(max_ratio=max_zoom_out, fill=MEAN_FILL, p=0.5))
+        steps.append(ZoomOut(max_ratio=max_zoom_out, fill=fill, p=0.5))
     if min_iou_crop:
         steps.append(MinIoURandomCrop())
     if horizontal_flip:
@@ -287,8 +286,9 @@ def deeplab_train_transform(
     *,
     scales: Sequence[float] | None = None,
     horizontal_flip: bool = True,
+    fill: tuple[int, int, int] = mean_fill(),
 ) -> A.Compose:
-    """DeepLab training: random step scale -> pad to ``crop_size`` (mean / 255) -> random crop -> flip.
+    """DeepLab training: random step scale -> pad to ``crop_size`` (``fill`` / 255) -> random crop -> flip.
 
     ``scales`` defaults to ``DEEPLAB_SCALES`` (0.5 to 2.0 in steps of 0.25); ``[1.0]`` turns scaling off.
     """
@@ -305,7 +305,7 @@ def deeplab_train_transform(
             pad_if_needed=True,
             pad_position="top_left",
             border_mode=cv2.BORDER_CONSTANT,
-            fill=MEAN_FILL,
+            fill=fill,
             fill_mask=IGNORE_INDEX,
         )
     )

@@ -17,13 +17,14 @@ with ``sbd_root`` and ``train_split="trainaug"``, straight from the SBD release.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree as ET
 
 import numpy as np
 
 from .base import BaseDetectionDataModule, BaseSegmentationDataModule
 from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem
-from .io import read_list
+from .image_io import read_list
 from .problems import DataProblem, ProblemReport
 from .sbd import sbd_dataset_dir, trainaug_stems
 
@@ -109,31 +110,9 @@ class VOCDetectionDataModule(BaseDetectionDataModule):
         class_names: list[str] | None = None,
         keep_difficult: bool = False,
         keep_empty_images: bool = True,
-        image_size: int = 320,
-        zoom_out: bool = True,
-        max_zoom_out: float = 4.0,
-        min_iou_crop: bool = True,
-        horizontal_flip: bool = True,
-        photometric: bool = True,
-        batch_size: int = 24,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = False,
-        predict_path: str | None = None,
-        strict: bool = False,
+        **kwargs: Any,
     ) -> None:
-        augment = dict(
-            zoom_out=zoom_out,
-            max_zoom_out=max_zoom_out,
-            min_iou_crop=min_iou_crop,
-            horizontal_flip=horizontal_flip,
-            photometric=photometric,
-        )
-        super().__init__(
-            image_size, augment, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers, predict_path, strict
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         self.devkit = Path(root) / devkit
         val_sets = val_sets or ["VOC2007/test"]
         self.sets = {
@@ -171,10 +150,7 @@ class VOCDetectionDataModule(BaseDetectionDataModule):
         train = split == "train"
         if train and not self.keep_empty_images:
             records = [r for r in records if (r.iscrowd == 0).any() or (self.keep_difficult and len(r.labels))]
-        dataset = DetectionDataset(
-            records, self._transform(split), include_crowd=not train or self.keep_difficult, strict=self.strict
-        )
-        return dataset, report
+        return self._detection_dataset(records, split, include_crowd=not train or self.keep_difficult), report
 
 
 class VOCSegmentationDataModule(BaseSegmentationDataModule):
@@ -192,8 +168,7 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
         mask_ignore_index: the value marking "ignore" in the mask files (VOC: 255); batches
             always carry 255 there.
         sbd_root: the SBD release (``benchmark_RELEASE``), for ``trainaug``.
-        crop_size / scales / horizontal_flip: DeepLab training augmentation.
-        size_divisor: evaluation batches are padded to a multiple of it.
+        Others (augmentation, padding, loaders): ``BaseSegmentationDataModule``'s.
     """
 
     def __init__(
@@ -211,36 +186,9 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
         background_name: str | None = "background",
         mask_ignore_index: int = 255,
         sbd_root: str | None = None,
-        crop_size: int = 513,
-        scales: list[float] | None = None,
-        horizontal_flip: bool = True,
-        size_divisor: int = 32,
-        batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = False,
-        predict_path: str | None = None,
-        predict_max_size: int | None = 1024,
-        strict: bool = False,
-        decoded_cache_dir: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            crop_size,
-            scales,
-            horizontal_flip,
-            size_divisor,
-            predict_max_size,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            pin_memory,
-            persistent_workers,
-            predict_path,
-            strict,
-            decoded_cache_dir,
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         root_path = Path(root)
         self.image_dir = root_path / image_dir
         self.mask_dir = root_path / mask_dir
@@ -297,12 +245,4 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
                 report.add(DataProblem("missing_mask", item.mask, f"mask of {item.image_path.name} does not exist"))
             else:
                 items.append(item)
-        dataset = SegmentationDataset(
-            items,
-            self._transform(split),
-            num_classes=self.num_classes,
-            mask_ignore_index=self.mask_ignore_index,
-            strict=self.strict,
-            cache=self._decoded_cache(),
-        )
-        return dataset, report
+        return self._segmentation_dataset(items, split, self.mask_ignore_index), report

@@ -6,7 +6,6 @@ from .inference import PAPER_EVAL_SCALES, multi_scale_flip_probabilities
 from .metrics import SegmentationScores, scores_from_confusion_matrix
 from .model import HEADS, DeepLab, build_deeplab, default_atrous_rates
 from .module import DeepLabModule
-from .palette import save_palette_png, voc_palette
 
 __all__ = [
     "ASPP",
@@ -20,7 +19,5 @@ __all__ = [
     "build_deeplab",
     "default_atrous_rates",
     "multi_scale_flip_probabilities",
-    "save_palette_png",
     "scores_from_confusion_matrix",
-    "voc_palette",
 ]

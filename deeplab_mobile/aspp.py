@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers import SeparableConvBNReLU, conv_bn_relu
+from core.conv import SeparableConvBNReLU, conv_bn_relu
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import SeparableConvBNReLU, conv_bn_relu, resize_bilinear
+from core.conv import SeparableConvBNReLU, conv_bn_relu
+
+from .resize import resize_bilinear
 
 
 class DeepLabV3PlusDecoder(nn.Module):

@@ -1,4 +1,6 @@
-"""ONNX export of a DeepLab segmenter: logits or a label map, dynamic batch, fixed image size.
+"""``deeplab-mobile export``: logits or a label map, dynamic batch, fixed image size.
+
+    deeplab-mobile export --ckpt_path runs/demo/deeplab/checkpoints/last.ckpt --output deeplab.onnx --image photo.jpg
 
 The export is single-scale at the model's output stride; multi-scale + flip ("MF") is an
 evaluation protocol, left to the caller (run the graph at several sizes and average).
@@ -6,19 +8,25 @@ evaluation protocol, left to the caller (run the graph at several sizes and aver
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
 
+from engine import Parity, TaskExport
+from engine import export_onnx as export_graph
+from engine.parity import compare_label_maps
+
 from .model import DeepLab
+from .module import DeepLabModule
 
-INPUT_NAME = "images"
 OutputKind = Literal["logits", "labels"]
+OUTPUT_SHAPES = {"logits": "N x C x H x W (float)", "labels": "N x H x W (int64)"}
 
 
-class _LabelMap(nn.Module):
+class LabelMap(nn.Module):
     """``images`` ``N x 3 x H x W`` in [0, 1] -> ``labels`` int64 ``N x H x W`` (argmax of the logits)."""
 
     def __init__(self, model: DeepLab) -> None:
@@ -30,43 +38,40 @@ class _LabelMap(nn.Module):
 
 
 def export_onnx(
-    model: DeepLab,
-    path: str | Path,
-    image_size: int | tuple[int, int] = 513,
-    output: OutputKind = "logits",
+    model: DeepLab, path: str | Path, image_size: tuple[int, int] = (513, 513), output: OutputKind = "logits",
     opset_version: int = 18,
-    dynamic_batch: bool = True,
 ) -> Path:
-    """Write ``model`` as one self-contained ONNX file at ``path`` and return the path.
-
-    Graph input ``images``: float32 ``N x 3 x H x W`` RGB in [0, 1] (normalised inside),
-    ``(H, W) = image_size``, ``N`` dynamic when ``dynamic_batch``. Output ``logits`` float32
-    ``N x C x H x W`` or ``labels`` int64 ``N x H x W``. Exported in eval mode (no dropout, BN
-    statistics); the model's mode is restored afterwards.
-    """
-    if output not in ("logits", "labels"):
+    """Write ``model`` as one ONNX file from ``images`` (``N`` dynamic, ``image_size = (H, W)``)
+    to ``logits`` float32 ``N x C x H x W`` or ``labels`` int64 ``N x H x W``; returns the path."""
+    if output not in OUTPUT_SHAPES:
         raise ValueError(f"output must be 'logits' or 'labels', got {output!r}")
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    try:
-        graph = _LabelMap(model) if output == "labels" else model
-        # Batch 2 while tracing, so the exporter cannot specialise the batch dimension to 1.
-        example = torch.rand(2 if dynamic_batch else 1, 3, height, width)
-        with torch.no_grad():
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[output],
-                opset_version=opset_version,
-                dynamo=True,  # torch's default; needs onnxscript (the `export` extra)
-                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None,
-                external_data=False,  # one file: the weights (~9 MB) are far under protobuf's 2 GB
-            )
-    finally:
-        model.train(was_training)
-    return path
+    graph = LabelMap(model) if output == "labels" else model
+    return export_graph(graph, path, tuple(image_size), [output], opset_version)
+
+
+class DeepLabExport(TaskExport):
+    module_class = DeepLabModule
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--image_size", type=int, nargs=2, default=[513, 513], metavar=("H", "W"))
+        parser.add_argument("--output_kind", choices=list(OUTPUT_SHAPES), default="logits",
+                            help="logits N x C x H x W (float) or labels N x H x W (int64 argmax)")
+        parser.add_argument("--output_stride", type=int, default=16, choices=[8, 16, 32])
+
+    def load_overrides(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"output_stride": args.output_stride}
+
+    def image_size(self, module: DeepLabModule, args: argparse.Namespace) -> tuple[int, int]:
+        return tuple(args.image_size)
+
+    def graph(self, module: DeepLabModule, args: argparse.Namespace) -> nn.Module:
+        return LabelMap(module.model) if args.output_kind == "labels" else module.model
+
+    def output_names(self, args: argparse.Namespace) -> dict[str, str]:
+        return {args.output_kind: OUTPUT_SHAPES[args.output_kind]}
+
+    def parity(self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace) -> Parity:
+        (output,), (exported_output,) = reference, exported
+        if args.output_kind == "logits":
+            return compare_label_maps(output.argmax(dim=1), exported_output.argmax(axis=1))
+        return compare_label_maps(output, exported_output)

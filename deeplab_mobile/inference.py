@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .layers import resize_bilinear, resize_logits
+from .resize import resize_bilinear, resize_logits
 
 # The paper's (and DeepLabv3's) evaluation scales.
 PAPER_EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)

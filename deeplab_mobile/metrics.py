@@ -3,18 +3,18 @@
 mIoU is the mean over classes of ``TP / (TP + FP + FN)``, skipping classes absent from both
 labels and predictions (the VOC convention; torchmetrics' ``MulticlassJaccardIndex`` agrees).
 The matrix is a torchmetrics state summed across processes, so scores are exact under DDP once
-padding duplicates are masked out (``unrepeated_samples``).
+padding duplicates are masked out (``engine.distributed.unrepeated_samples``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DistributedSampler, Sampler
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-IGNORE_INDEX = 255
+from core.constants import IGNORE_INDEX
+
 
 
 def scores_from_confusion_matrix(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -69,18 +69,3 @@ class SegmentationScores(MulticlassConfusionMatrix):
 
     def compute(self) -> dict[str, torch.Tensor]:
         return scores_from_confusion_matrix(super().compute())
-
-
-def unrepeated_samples(sampler: Sampler | None, first: int, count: int) -> torch.Tensor:
-    """Which of this process's samples ``first .. first + count - 1`` are not padding.
-
-    A ``DistributedSampler`` that does not drop the tail (what Lightning injects for
-    validation and test) repeats samples so every process gets the same number; counting
-    them would weigh those images twice. Process ``rank`` takes global positions
-    ``rank, rank + R, ...``; a position past the dataset length is a repeat. Any other
-    sampler repeats nothing. Returns a bool tensor of length ``count``.
-    """
-    local = torch.arange(first, first + count)
-    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
-        return torch.ones(count, dtype=torch.bool)
-    return sampler.rank + sampler.num_replicas * local < len(sampler.dataset)

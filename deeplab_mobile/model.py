@@ -19,7 +19,7 @@ from backbone.weights import PretrainedSpec
 
 from .aspp import ASPP
 from .decoder import DeepLabV3PlusDecoder
-from .layers import resize_logits
+from .resize import resize_logits
 
 HeadName = Literal["reduced", "aspp", "aspp_decoder"]
 HEADS: tuple[str, ...] = ("reduced", "aspp", "aspp_decoder")

@@ -33,9 +33,7 @@ from torchvision.utils import make_grid
 
 from datamodules.shapes import generate_shapes
 from deeplab_mobile import cli as deeplab_cli
-from deeplab_mobile import export_cli as deeplab_export
 from ssdlite import cli as ssdlite_cli
-from ssdlite import export_cli as ssdlite_export
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("ssdlite", "deeplab")
@@ -100,7 +98,7 @@ def task_overrides(task: str, out: Path, data_root: Path, settings: dict[str, An
     }
     if task == "ssdlite":
         overrides["model"]["predictions_json"] = str(task_dir / "predictions" / "coco_results.json")
-        overrides["model"]["image_ids_from"] = str(data_root / "coco" / "annotations" / "instances_val2017.json")
+        overrides["data"]["init_args"]["image_ids_from"] = str(data_root / "coco" / "annotations" / "instances_val2017.json")
     return overrides
 
 
@@ -185,13 +183,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["deeplab"] = run_task("deeplab", deeplab_cli.main, out, data_root, sample, settings)
 
     size = settings["ssdlite_export_size"]
-    parity = ssdlite_export.main(
-        ["--ckpt_path", summary["ssdlite"]["checkpoint"], "--output", str(out / "ssdlite.onnx"), "--image", parity_image,
+    parity = ssdlite_cli.main(
+        ["export", "--ckpt_path", summary["ssdlite"]["checkpoint"], "--output", str(out / "ssdlite.onnx"), "--image", parity_image,
          *(["--image_size", str(size)] if size else [])]
     )  # fmt: skip
     summary["ssdlite"].update(onnx=str(out / "ssdlite.onnx"), onnx_parity=parity.summary)
-    parity = deeplab_export.main(
-        ["--ckpt_path", summary["deeplab"]["checkpoint"], "--output", str(out / "deeplab.onnx"), "--image", parity_image,
+    parity = deeplab_cli.main(
+        ["export", "--ckpt_path", summary["deeplab"]["checkpoint"], "--output", str(out / "deeplab.onnx"), "--image", parity_image,
          "--image_size", *map(str, settings["deeplab_export_size"])]
     )  # fmt: skip
     summary["deeplab"].update(onnx=str(out / "deeplab.onnx"), onnx_parity=parity.summary)

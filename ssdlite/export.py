@@ -1,26 +1,36 @@
-"""ONNX export of SSDLite: decoded boxes and class scores before NMS, dynamic batch.
+"""``ssdlite export``: decoded boxes and class scores before NMS, dynamic batch.
+
+    ssdlite export --ckpt_path runs/demo/ssdlite/checkpoints/last.ckpt --output ssdlite.onnx --image photo.jpg
 
 NMS stays out of the graph: torchvision's per-class NMS does not export (its loop over
-classes defeats the exporter, see REFERENCE.md), and runtimes differ in how they want it
-(onnxruntime's ``NonMaxSuppression``, TensorRT's EfficientNMS plug-in, or host code such as
+classes defeats the exporter), and runtimes differ in how they want it (onnxruntime's
+``NonMaxSuppression``, TensorRT's EfficientNMS plug-in, or host code such as
 ``ssdlite.postprocess.select_detections`` on the two outputs).
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from engine import Parity, TaskExport
+from engine import export_onnx as export_graph
+from engine.parity import compare_top_detections
+
 from .model import SSDLite
+from .module import SSDLiteModule
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("boxes", "scores")
+OUTPUTS = {"boxes": "N x A x 4 (xyxy px)", "scores": "N x A x C"}
 
 
-class _DecodeOnly(nn.Module):
-    """``images`` ``N x 3 x H x W`` float in [0, 1] -> (``boxes`` ``N x A x 4``, ``scores`` ``N x A x C``)."""
+class DecodedDetections(nn.Module):
+    """``images`` ``N x 3 x H x W`` float in [0, 1] -> (``boxes`` ``N x A x 4`` xyxy in input
+    pixels, clipped; ``scores`` ``N x A x C``, softmax or sigmoid as trained, background dropped):
+    ``SSDLite.decode``, before NMS. Anchors are those of the export size."""
 
     def __init__(self, model: SSDLite) -> None:
         super().__init__()
@@ -30,44 +40,28 @@ class _DecodeOnly(nn.Module):
         return self.model.decode(images)
 
 
-def export_onnx(
-    model: SSDLite,
-    path: str | Path,
-    image_size: int | tuple[int, int] = 320,
-    opset_version: int = 18,
-    dynamic_batch: bool = True,
-) -> Path:
-    """Write ``model`` as one self-contained ONNX file at ``path`` and return the path.
+def export_onnx(model: SSDLite, path: str | Path, image_size: int = 320, opset_version: int = 18) -> Path:
+    """Write ``model`` as one ONNX file from ``images`` (``N`` dynamic, ``image_size`` squared)
+    to ``boxes`` and ``scores`` (``DecodedDetections``); returns the path."""
+    return export_graph(DecodedDetections(model), path, (image_size, image_size), list(OUTPUTS), opset_version)
 
-    Graph input ``images``: float32 ``N x 3 x H x W`` RGB in [0, 1] (normalised inside, as the
-    model does), ``(H, W) = image_size``, ``N`` dynamic when ``dynamic_batch``. Outputs
-    ``boxes`` ``N x A x 4`` (xyxy, input pixels, clipped) and ``scores`` ``N x A x C``
-    (softmax or sigmoid as trained, background dropped): ``SSDLite.decode``, before NMS.
-    Anchors are baked in for ``image_size``. The model is exported in eval mode; its mode is
-    restored afterwards.
-    """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    try:
-        dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
-        # Batch 2 while tracing, so the exporter cannot specialise the batch dimension to 1.
-        example = torch.rand(2 if dynamic_batch else 1, 3, height, width)
-        with torch.no_grad():
-            model.decode(example)  # fills the anchor cache, so export reads it rather than writes it
-            torch.onnx.export(
-                _DecodeOnly(model).eval(),
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                opset_version=opset_version,
-                dynamo=True,
-                dynamic_shapes=dynamic_shapes,
-                external_data=False,  # one file: the weights (~17 MB) fit well under protobuf's 2 GB
-            )
-    finally:
-        model.train(was_training)
-    return path
+
+class SSDLiteExport(TaskExport):
+    module_class = SSDLiteModule
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--image_size", type=int, default=None, help="square input size (default: the checkpoint's)")
+        parser.add_argument("--top_k", type=int, default=20, help="top (anchor, class) pairs per image compared")
+
+    def image_size(self, module: SSDLiteModule, args: argparse.Namespace) -> tuple[int, int]:
+        size = args.image_size or module.hparams.image_size
+        return size, size
+
+    def graph(self, module: SSDLiteModule, args: argparse.Namespace) -> nn.Module:
+        return DecodedDetections(module.model)
+
+    def output_names(self, args: argparse.Namespace) -> dict[str, str]:
+        return OUTPUTS
+
+    def parity(self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace) -> Parity:
+        return compare_top_detections(*reference, *exported, top_k=args.top_k)

@@ -13,10 +13,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torchvision.ops.misc import Conv2dNormActivation
-
 from backbone import Backbone
-from backbone.relu6 import ReLU6
+from core.conv import conv_bn_relu6
 
 EXTRA_DEPTHS: tuple[int, ...] = (512, 256, 256, 128)
 
@@ -25,9 +23,9 @@ def extra_layer(in_channels: int, depth: int) -> nn.Sequential:
     """1x1 to ``depth // 2``, depthwise 3x3 stride 2, 1x1 to ``depth`` (each + BN + ReLU6)."""
     mid = depth // 2
     return nn.Sequential(
-        Conv2dNormActivation(in_channels, mid, kernel_size=1, activation_layer=ReLU6),
-        Conv2dNormActivation(mid, mid, kernel_size=3, stride=2, groups=mid, activation_layer=ReLU6),
-        Conv2dNormActivation(mid, depth, kernel_size=1, activation_layer=ReLU6),
+        conv_bn_relu6(in_channels, mid, kernel_size=1),
+        conv_bn_relu6(mid, mid, stride=2, groups=mid),
+        conv_bn_relu6(mid, depth, kernel_size=1),
     )
 
 

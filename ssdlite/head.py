@@ -11,15 +11,14 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torchvision.ops.misc import Conv2dNormActivation
 
-from backbone.relu6 import ReLU6
+from core.conv import conv_bn_relu6
 
 
 def separable_predictor(in_channels: int, out_channels: int) -> nn.Sequential:
     """Depthwise 3x3 + BN + ReLU6, then a 1x1 conv with bias to ``out_channels``."""
     return nn.Sequential(
-        Conv2dNormActivation(in_channels, in_channels, kernel_size=3, groups=in_channels, activation_layer=ReLU6),
+        conv_bn_relu6(in_channels, in_channels, groups=in_channels),
         nn.Conv2d(in_channels, out_channels, kernel_size=1),
     )
 

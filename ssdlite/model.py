@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from backbone import build_backbone
-from backbone.mobilenet_v2 import init_weights
+from core.conv import init_weights
 from backbone.weights import PretrainedSpec
 
 from .anchors import SSDAnchorGenerator

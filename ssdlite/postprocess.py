@@ -41,7 +41,7 @@ ONE_CALL_CANDIDATES = 1000
 # image are usually among them (random weights: 100 kept of the best 256).
 NMS_PREFIX = 256
 # IoU entries per chunk when every class is settled: 1 MB of floats, inside the CPU's L2 and
-# under the CLI's mmap threshold (``backbone.host_memory``); 1.5-1.9x faster than one 3.2 MB chunk.
+# under the CLI's mmap threshold (``engine.host_memory``); 1.5-1.9x faster than one 3.2 MB chunk.
 NMS_CHUNK_ELEMENTS = 1 << 18
 
 

@@ -9,8 +9,9 @@ from typing import Sequence
 
 import torch
 from PIL import ImageFont
-from torchvision.io import write_jpeg
 from torchvision.utils import draw_bounding_boxes
+
+from engine.prediction_writer import save_picture
 
 # Distinct, saturated colours; class k gets colour k mod len.
 CLASS_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#469990", "#9a6324")
@@ -54,30 +55,9 @@ def draw_detections(
     )
 
 
-def save_detection_picture(
-    path: str | Path,
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    out: str | Path,
-    class_names: Sequence[str] | None = None,
-    min_score: float = 0.3,
-) -> Path:
-    """Read the image at ``path`` (upright RGB, see ``datamodules.io``), draw ``boxes`` (xyxy in its
-    pixels) as ``draw_detections`` does, and write the picture as JPEG at ``out``."""
-    from datamodules.io import read_image
-
-    image = torch.from_numpy(read_image(path)).permute(2, 0, 1)
-    picture = draw_detections(image, boxes.cpu(), scores.cpu(), labels.cpu(), class_names, min_score)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_jpeg(picture, str(out), quality=90)
-    return out
-
-
 def write_prediction_files(
+    image: torch.Tensor,
     path: str | Path,
-    orig_size: Sequence[int],
     boxes: torch.Tensor,
     scores: torch.Tensor,
     labels: torch.Tensor,
@@ -85,24 +65,26 @@ def write_prediction_files(
     class_names: Sequence[str] | None = None,
     min_score: float = 0.3,
 ) -> tuple[Path, Path]:
-    """For the image at ``path``: ``<stem>.json`` with every detection and ``<stem>_boxes.jpg``
-    with those scoring at least ``min_score`` drawn; returns both paths.
+    """For the image ``image`` (uint8 ``3 x H x W``, upright) read from ``path``: ``<stem>.json``
+    with every detection and ``<stem>_boxes.jpg`` with those scoring at least ``min_score`` drawn
+    (``draw_detections``); returns both paths.
 
-    ``orig_size`` ``[h, w]`` and ``boxes`` ``K x 4`` xyxy are in the original image's upright
-    pixels. The json holds ``file``, ``width``, ``height`` and ``detections``: ``box_xyxy``,
-    ``score``, ``label`` (0-based object class) and ``class_name``; unlike a COCO results file
-    it needs no image ids, so it works for any folder of images.
+    ``boxes`` ``K x 4`` xyxy are in the image's pixels. The json holds ``file``, ``width``,
+    ``height`` and ``detections``: ``box_xyxy``, ``score``, ``label`` (0-based object class) and
+    ``class_name``; unlike a COCO results file it needs no image ids, so it works for any
+    folder of images.
     """
     out_dir = Path(out_dir)
     stem = Path(path).stem
-    picture = save_detection_picture(path, boxes, scores, labels, out_dir / f"{stem}_boxes.jpg", class_names, min_score)
-    height, width = (int(v) for v in orig_size)
+    boxes, scores, labels = boxes.cpu(), scores.cpu(), labels.cpu()
+    picture = save_picture(draw_detections(image, boxes, scores, labels, class_names, min_score), out_dir / f"{stem}_boxes.jpg")
+    height, width = image.shape[-2:]
     detections = [
         {"box_xyxy": [round(v, 2) for v in box], "score": round(score, 5), "label": label,
          "class_name": class_names[label] if class_names is not None else str(label)}
         for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist())
     ]
-    record = {"file": str(path), "width": width, "height": height, "detections": detections}
+    record = {"file": str(path), "width": int(width), "height": int(height), "detections": detections}
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(record, indent=1))
     return json_path, picture

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datamodules.shapes import voc_palette
+from core.constants import voc_palette
 
 W, H = 64, 48
 COCO_CATEGORY_ID = 3

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from backbone.nonfinite import NonFiniteGuard, NonFiniteTrainingError
+from engine.nonfinite import NonFiniteGuard, NonFiniteTrainingError
 from deeplab_mobile import DeepLabModule
 
 NAN_ON_RANK_1 = {1, 3}

@@ -1,4 +1,4 @@
-"""Checkpoint writes are atomic (``backbone.checkpoint_io.AtomicCheckpointIO``, the CLI's default):
+"""Checkpoint writes are atomic (``engine.checkpoint_io.AtomicCheckpointIO``, the CLI's default):
 a process killed in the middle of writing ``last.ckpt`` leaves the previous one whole."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbone.checkpoint_io import AtomicCheckpointIO
+from engine.checkpoint_io import AtomicCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 KILLED_IN_THE_WRITE = """
 import io, os, signal, sys
 import torch
-from backbone.checkpoint_io import AtomicCheckpointIO
+from engine.checkpoint_io import AtomicCheckpointIO
 
 real_save = torch.save
 

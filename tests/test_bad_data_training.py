@@ -59,8 +59,8 @@ def ssdlite_args(root: Path, out: Path) -> list[str]:
         f"--config={REPO / 'configs' / 'ssdlite_shapes.yaml'}", *TRAINER,
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
         f"--data.root={root}", "--data.val_images=train2017", "--data.val_annotations=annotations/instances_train2017.json",
-        "--data.image_size=64", "--model.image_size=64", "--model.warmup_steps=1",
-        "--model.image_ids_from=null", "--model.predictions_json=null",
+        "--data.image_size=64", "--model.warmup_steps=1",
+        "--model.predictions_json=null",
     ]
 
 

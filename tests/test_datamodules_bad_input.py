@@ -14,7 +14,7 @@ from PIL import Image
 from bad_data import H, W, noise, write_bad_voc_segmentation, write_odd_images
 from datamodules import CocoDetectionDataModule, VOCSegmentationDataModule
 from datamodules.check import main as check_main
-from datamodules.io import load_image
+from datamodules.image_io import load_image
 
 
 def test_conversions_and_exif_orientation(tmp_path: Path) -> None:

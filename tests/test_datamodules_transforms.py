@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from core.constants import mean_fill
 from datamodules.transforms import (
-    MEAN_FILL,
     MinIoURandomCrop,
     ZoomOut,
     deeplab_train_transform,
@@ -16,6 +16,7 @@ from datamodules.transforms import (
     ssd_train_transform,
 )
 
+MEAN_FILL = mean_fill()
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
 
 

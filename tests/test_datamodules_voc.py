@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from datamodules import VOC_CLASSES, VOCDetectionDataModule, VOCSegmentationDataModule
-from datamodules.shapes import voc_palette
+from core.constants import voc_palette
 from datamodules.problems import ProblemReport
 from datamodules.voc import parse_voc_xml
 

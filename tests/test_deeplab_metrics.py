@@ -7,8 +7,10 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from deeplab_mobile import SegmentationScores, save_palette_png, voc_palette
-from deeplab_mobile.metrics import unrepeated_samples
+from core.constants import voc_palette
+from datamodules.image_io import save_palette_png
+from deeplab_mobile import SegmentationScores
+from engine.distributed import unrepeated_samples
 
 NUM_CLASSES = 6
 

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from backbone import task_cli
-from backbone.host_memory import POLICY_ENV
+from engine import cli as task_cli
+from engine.host_memory import POLICY_ENV
 from deeplab_mobile.cli import main as deeplab_main
 from demo_run import REPO, tiny_demo_run
 from ssdlite.cli import main as ssdlite_main
 
 MAINS = {"ssdlite": ssdlite_main, "deeplab-mobile": deeplab_main}
 TINY = {
-    "ssdlite": ["--model.width_mult=0.35", "--model.pretrained_backbone=false", "--model.image_size=96",
+    "ssdlite": ["--model.width_mult=0.35", "--model.pretrained_backbone=false",
                 "--data.image_size=96", "--data.batch_size=2", "--data.eval_batch_size=2", "--data.num_workers=0"],
     "deeplab-mobile": ["--model.width_mult=0.35", "--model.pretrained_backbone=false", "--data.crop_size=64",
                        "--data.batch_size=2", "--data.eval_batch_size=2", "--data.num_workers=0"],

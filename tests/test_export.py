@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from backbone.onnx_parity import compare_label_maps, compare_top_detections, load_parity_batch, run_onnx
+from engine.parity import compare_label_maps, compare_top_detections, load_parity_batch, run_onnx
 from deeplab_mobile import DeepLabModule
 from deeplab_mobile.cli import main as deeplab_main
 from demo_run import tiny_demo_run

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from backbone.fuse import PackedConv2d, fuse_conv_bn, optimize_for_inference, prepacking_available
+from core.fuse import PackedConv2d, fuse_conv_bn, optimize_for_inference, prepacking_available
 from deeplab_mobile import DeepLabModule, build_deeplab
 from deeplab_mobile.inference import class_softmax
-from deeplab_mobile.layers import resize_bilinear, resize_logits
+from deeplab_mobile.resize import resize_bilinear, resize_logits
 from ssdlite import SSDLiteModule, build_ssdlite
 
 

@@ -55,10 +55,10 @@ def test_checkpointed_step_equals_plain_step_and_keeps_less(blocks: int) -> None
 def test_mobilenet_v2_recomputes_its_stride_2_blocks_by_default() -> None:
     """Both tasks train MobileNetV2 with ``features.0-2`` recomputed unless told otherwise."""
     assert build_backbone("mobilenet_v2", width_mult=0.35).grad_checkpointing == 3
-    assert build_ssdlite(num_classes=3, width_mult=0.35).features.backbone.grad_checkpointing == 3
-    assert build_deeplab(num_classes=3, width_mult=0.35).backbone.grad_checkpointing == 3
-    assert build_ssdlite(num_classes=3, width_mult=0.35, grad_checkpointing=0).features.backbone.grad_checkpointing == 0
-    assert build_deeplab(num_classes=3, width_mult=0.35, grad_checkpointing=5).backbone.grad_checkpointing == 5
+    assert build_ssdlite(num_classes=3, width_mult=0.35).features.core.grad_checkpointing == 3
+    assert build_deeplab(num_classes=3, width_mult=0.35).core.grad_checkpointing == 3
+    assert build_ssdlite(num_classes=3, width_mult=0.35, grad_checkpointing=0).features.core.grad_checkpointing == 0
+    assert build_deeplab(num_classes=3, width_mult=0.35, grad_checkpointing=5).core.grad_checkpointing == 5
     build_ssdlite(num_classes=3, backbone="resnet18")  # backbones without checkpointing keep building
 
 

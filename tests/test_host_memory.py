@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from backbone.host_memory import POLICY_ENV
-from backbone import task_cli
+from engine.host_memory import POLICY_ENV
+from engine import cli as task_cli
 from deeplab_mobile.cli import main as deeplab_main
 from ssdlite.cli import main as ssdlite_main
 
@@ -15,7 +15,7 @@ from ssdlite.cli import main as ssdlite_main
 @pytest.mark.parametrize("policy", ["lean", "fast"])
 def test_each_policy_applies_to_glibc(policy):
     # mallopt changes the whole process: try it in a fresh one
-    code = f"from backbone.host_memory import apply_host_memory_policy; print(apply_host_memory_policy({policy!r}))"
+    code = f"from engine.host_memory import apply_host_memory_policy; print(apply_host_memory_policy({policy!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "True"
 
@@ -32,7 +32,7 @@ def test_without_a_default_only_the_variable_applies_a_policy(asked, applied, mo
         monkeypatch.delenv(POLICY_ENV, raising=False)
     else:
         monkeypatch.setenv(POLICY_ENV, asked)
-    code = "from backbone.host_memory import apply_host_memory_policy; print(apply_host_memory_policy(default=None))"
+    code = "from engine.host_memory import apply_host_memory_policy; print(apply_host_memory_policy(default=None))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == applied
 

@@ -1,4 +1,4 @@
-"""Non-finite training steps (``backbone.nonfinite.NonFiniteGuard``, wired into both modules):
+"""Non-finite training steps (``engine.nonfinite.NonFiniteGuard``, wired into both modules):
 a NaN loss or a NaN forward pass is skipped with a warning and changes no weight or BN statistic;
 ``max_nonfinite_steps`` of them in a row stop training; no checkpoint holds a non-finite tensor."""
 
@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from backbone.checkpoint_checks import NonFiniteCheckpointError
-from backbone.nonfinite import NonFiniteGuard, NonFiniteStepWarning, nonfinite_entries
+from engine.checkpoint_checks import NonFiniteCheckpointError
+from engine.nonfinite import NonFiniteGuard, NonFiniteStepWarning, nonfinite_entries
 from deeplab_mobile import DeepLabModule
 from ssdlite.cli import main as ssdlite_main
 
@@ -116,7 +116,7 @@ def test_nonfinite_steps_in_a_row_stop_training_from_the_config(shapes_root, tmp
     with pytest.raises(SystemExit) as stopped:
         ssdlite_main(
             ["fit", f"--config={REPO / 'configs' / 'ssdlite_shapes.yaml'}", f"--data.root={shapes_root / 'coco'}",
-             "--data.num_workers=0", "--data.batch_size=4", "--data.image_size=64", "--model.image_size=64",
+             "--data.num_workers=0", "--data.batch_size=4", "--data.image_size=64",
              "--model.width_mult=0.35", "--model.pretrained_backbone=false", "--model.max_nonfinite_steps=2",
              "--trainer.max_steps=6", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
              "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",

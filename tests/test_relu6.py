@@ -1,4 +1,4 @@
-"""``backbone.relu6.ReLU6``: nn.ReLU6's outputs and gradients, one saved copy less per layer."""
+"""``core.relu6.ReLU6``: nn.ReLU6's outputs and gradients, one saved copy less per layer."""
 
 import copy
 import sys
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
-import backbone.relu6 as relu6_module
+import core.relu6 as relu6_module
 from backbone import build_backbone
-from backbone.relu6 import ReLU6, _only_reference
+from core.relu6 import ReLU6, _only_reference
 from ssdlite import build_ssdlite
 
 

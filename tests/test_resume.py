@@ -39,8 +39,8 @@ TASKS = {
         "monitor": "val/map",
         "overrides": lambda data: [
             f"--data.root={data / 'coco'}", "--data.image_size=64", "--data.num_workers=1",
-            "--model.image_size=64", "--model.warmup_steps=2",
-            "--model.image_ids_from=null", "--model.predictions_json=null",
+            "--model.warmup_steps=2",
+            "--model.predictions_json=null",
         ],
     },
     "deeplab": {

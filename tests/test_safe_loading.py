@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbone.checkpoint_io import AtomicCheckpointIO, CheckpointError, read_checkpoint
+from engine.checkpoint_io import AtomicCheckpointIO, CheckpointError, read_checkpoint
 from deeplab_mobile.cli import main as deeplab_main
 from ssdlite import SSDLiteModule
 from ssdlite.cli import main as ssdlite_main
@@ -24,7 +24,7 @@ FIT_ONE_STEP = ["--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--tra
 
 def ssdlite_args(command: str, shapes_root: Path, *extra: str) -> list[str]:
     return [command, f"--config={REPO / 'configs' / 'ssdlite_shapes.yaml'}", f"--data.root={shapes_root / 'coco'}",
-            "--data.image_size=64", "--model.image_size=64", *TINY, *extra]  # fmt: skip
+            "--data.image_size=64", *TINY, *extra]  # fmt: skip
 
 
 def deeplab_args(command: str, shapes_root: Path, *extra: str) -> list[str]:

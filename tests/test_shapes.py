@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from datamodules.shapes import CATEGORY_IDS, CLASS_NAMES, generate_shapes, main, voc_palette
+from core.constants import voc_palette
+from datamodules.shapes import CATEGORY_IDS, CLASS_NAMES, generate_shapes, main
 
 
 def _digest(root: Path) -> dict[str, str]:

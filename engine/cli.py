@@ -1,30 +1,44 @@
-"""The command line both tasks share: LightningCLI for ``fit|validate|test|predict`` plus an
-``export`` subcommand handed to the task's own exporter (it needs no Trainer)."""
+"""The command line every task shares: LightningCLI for ``fit|validate|test|predict`` plus an
+``export`` subcommand (``engine.export.run_export``, which needs no Trainer).
+
+The datamodule is any ``LightningDataModule`` given by class path in the config. The model
+takes ``num_classes`` (and the task's other ``LINKED_FROM_DATA``, e.g. SSDLite's
+``image_size``) from it, and the datamodule pads with the mean colour of the model's backbone
+(``data.image_mean`` from ``model.backbone``): linked values are set on their source side only.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
-from lightning import LightningDataModule, LightningModule
+from lightning import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from backbone import backbone_mean
 
 from .checkpoint_checks import check_module_class
 from .checkpoint_io import CheckpointError, read_checkpoint
+from .export import TaskExport, run_export
 from .host_memory import apply_host_memory_policy
+from .legacy import install_moved_module_aliases
 from .nonfinite import NonFiniteTrainingError
+from .task import TaskModule
 
 # Every command writes checkpoints atomically (a kill mid-write keeps the previous last.ckpt);
 # a config's own trainer.plugins replaces this default.
-TRAINER_DEFAULTS = {"plugins": {"class_path": "backbone.checkpoint_io.AtomicCheckpointIO"}}
+TRAINER_DEFAULTS = {"plugins": {"class_path": "engine.checkpoint_io.AtomicCheckpointIO"}}
+# Configs and checkpoints written before the runtime moved to engine/ name its old modules.
+install_moved_module_aliases()
 
 
 class TaskCLI(LightningCLI):
-    """LightningCLI whose model takes ``num_classes`` from the datamodule (linked at
-    instantiation, so it is set on the data side and cannot be overridden), whose Trainer
-    writes checkpoints atomically, and which checks a ``--ckpt_path`` file before using it."""
+    """LightningCLI whose model takes ``LINKED_FROM_DATA`` from the datamodule and whose
+    datamodule takes its padding colour from the model's backbone (linked, so each is set on
+    its source side and cannot be overridden), whose Trainer writes checkpoints atomically,
+    and which checks a ``--ckpt_path`` file before using it."""
 
     def __init__(
         self,
@@ -43,7 +57,9 @@ class TaskCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        for name in self.model_class.LINKED_FROM_DATA:
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.link_arguments("model.backbone", "data.init_args.image_mean", compute_fn=backbone_mean)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse, then check a ``--ckpt_path`` file: LightningCLI next applies its hyperparameters
@@ -52,20 +68,23 @@ class TaskCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
-        # The command line refuses a value for the link target; a config file's is dropped silently.
-        if "num_classes" in config.get("model", {}):
-            parser.error("model.num_classes comes from the datamodule (data.num_classes): remove it from the config")
+        # The command line refuses a value for a link target; a config file's is dropped silently.
+        for name in self.model_class.LINKED_FROM_DATA:
+            if name in config.get("model", {}):
+                parser.error(f"model.{name} comes from the datamodule (data.{name}): remove it from the config")
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():  # "last", "best" and URLs are Lightning's to resolve
             check_module_class(read_checkpoint(ckpt_path), self.model_class, str(ckpt_path))
 
 
 def run_task_cli(
-    module_class: type[LightningModule],
-    export_main: Callable[[list[str]], Any],
+    module_class: type[TaskModule],
+    export: TaskExport,
+    prog: str,
     args: Sequence[str] | None = None,
 ) -> Any:
-    """Run ``args`` (default: the command line).
+    """Run ``args`` (default: the command line) as the ``prog`` command of ``module_class``'s task;
+    ``export`` hands over to ``run_export(export, ...)``.
 
     Returns the finished CLI (or the export's result) when given ``args``, and None when run
     from the command line, so that a console script's ``sys.exit(main())`` exits 0.
@@ -74,7 +93,7 @@ def run_task_cli(
     finished = False
     try:
         if argv[:1] == ["export"]:  # LightningCLI's subcommands all need a Trainer; export does not
-            result = export_main(argv[1:])
+            result = run_export(export, f"{prog} export", argv[1:])
         else:
             # Training is lean by default: its resident set stays near its real use. Inference
             # (validate, test, predict) keeps glibc's default unless asked: it holds little

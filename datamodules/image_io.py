@@ -1,4 +1,5 @@
-"""Reading images, index masks and split lists the way every dataset here needs them.
+"""Reading images, index masks and split lists the way every dataset here needs them, and
+writing label maps in the same index-PNG format.
 
 Images come back as ``H x W x 3`` uint8 RGB whatever the file holds: grayscale, palette,
 RGBA (alpha dropped), 16-bit (scaled to 8 bits) and CMYK are converted, and the EXIF
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.constants import voc_palette
 
 from .problems import DataProblem
 
@@ -137,3 +141,17 @@ def is_image_file(path: str | Path) -> bool:
             return True
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return False
+
+
+def save_palette_png(labels: torch.Tensor | np.ndarray, path: str | Path) -> Path:
+    """Write an ``H x W`` label map (values 0..255) as an 8-bit VOC palette PNG (the
+    ``SegmentationClass`` format ``read_index_mask`` reads); returns the path."""
+    array = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if array.ndim != 2 or array.min(initial=0) < 0 or array.max(initial=0) > 255:
+        raise ValueError(f"{path}: a palette PNG needs an H x W label map in 0..255, got shape {array.shape}")
+    image = Image.fromarray(array.astype(np.uint8))
+    image.putpalette(voc_palette())  # turns the "L" image into "P" with the VOC colours
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path

@@ -1,7 +1,7 @@
 """Export checks shared by ``ssdlite export`` and ``deeplab-mobile export``: run a written ONNX
 file in onnxruntime on a real image and compare its outputs with PyTorch's.
 
-Both commands check the same way: load one image upright as RGB (``datamodules.io``), resize
+Both commands check the same way: load one image upright as RGB (``datamodules.image_io``), resize
 it to the export size, run a batch of two (the image and its mirror, so a dynamic batch axis
 is exercised) through PyTorch and onnxruntime, and compare with a task rule:
 ``compare_top_detections`` or ``compare_label_maps``.
@@ -29,7 +29,7 @@ class Parity:
 def load_parity_batch(image_path: str | Path, image_size: tuple[int, int]) -> torch.Tensor:
     """``2 x 3 x H x W`` float32 in [0, 1]: the image at ``path`` resized to ``image_size = (H, W)``
     and its left-right mirror (two different images, so a batch mix-up would show)."""
-    from datamodules.io import read_image  # datamodules pulls in Lightning: only when checking
+    from datamodules.image_io import read_image  # datamodules pulls in Lightning: only when checking
 
     height, width = image_size
     image = cv2.resize(read_image(image_path), (width, height), interpolation=cv2.INTER_LINEAR)

@@ -1,5 +1,4 @@
-"""What both tasks' training shares beyond Lightning: the global random state in checkpoints
-(``RestoreRNGState``), and the loss of a batch whose samples were all skipped (``empty_batch_loss``).
+"""The global random state in checkpoints (``RestoreRNGState``), for exact resume.
 
 Resuming from a checkpoint, Lightning restores the weights, optimizers, LR schedulers, loop
 counters, callback and datamodule states and stateful training loaders, but not the global
@@ -20,7 +19,6 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from torch import nn
 
 
 class RestoreRNGState(Callback):
@@ -46,15 +44,3 @@ class RestoreRNGState(Callback):
         if self._to_restore is not None:
             _set_rng_states(self._to_restore)
             self._to_restore = None
-
-
-def empty_batch_loss(module: nn.Module) -> torch.Tensor:
-    """A zero loss attached to every trainable parameter of ``module``, for a training batch
-    that skipped samples (bad files) left too small to train on.
-
-    Returning ``None`` from ``training_step`` would skip backward on this process only, and
-    under DDP the other processes would wait in the gradient all-reduce for good; this loss
-    runs the same backward everywhere, with zero gradients (the optimizer still steps: SGD
-    momentum and weight decay move the weights as after any step).
-    """
-    return sum((p.sum() for p in module.parameters() if p.requires_grad), torch.zeros(())) * 0.0

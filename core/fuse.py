@@ -118,24 +118,3 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     """
     fast = fuse_conv_bn(model).to(memory_format=torch.channels_last)
     return prepack_convolutions(fast) if prepacking_available(fast) else fast
-
-
-class PredictsOnTheFastPath:
-    """LightningModule mixin: ``predict`` runs ``optimize_for_inference(self.model)``, a copy
-    made at predict start and dropped at its end; ``predict_model`` is that copy while predict
-    runs, else ``self.model``. Measured, predict_step at batch 1 on CPU (2 threads): SSDLite
-    320 px 0.63-0.70x the time of the model as trained, DeepLab 512 px 0.70-0.74x."""
-
-    model: nn.Module
-    # a tuple, so that the copy is no submodule: not in the state dict, not saved
-    _fast_copy: tuple[nn.Module, ...] = ()
-
-    @property
-    def predict_model(self) -> nn.Module:
-        return self._fast_copy[0] if self._fast_copy else self.model
-
-    def on_predict_start(self) -> None:
-        self._fast_copy = (optimize_for_inference(self.model),)
-
-    def on_predict_end(self) -> None:
-        self._fast_copy = ()

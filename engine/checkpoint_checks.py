@@ -13,9 +13,10 @@ from typing import Any, Mapping
 
 from lightning import LightningModule
 
+from backbone.weights import shape_mismatches, shorten
+
 from .checkpoint_io import CheckpointError, read_checkpoint
 from .nonfinite import nonfinite_entries
-from .weights import shape_mismatches, shorten
 
 MODULE_CLASSES_KEY = "module_classes"
 
@@ -29,13 +30,12 @@ class NonFiniteCheckpointError(CheckpointError):
 
 
 def task_classes(module_class: type[LightningModule]) -> list[str]:
-    """Qualified names of ``module_class`` and its ``LightningModule`` bases, most derived first:
-    a checkpoint of a subclass (a test's, a user's) still loads into its task's class."""
-    return [
-        f"{cls.__module__}.{cls.__qualname__}"
-        for cls in module_class.__mro__
-        if issubclass(cls, LightningModule) and cls is not LightningModule
-    ]
+    """Qualified names of ``module_class`` and its task bases, most derived first: a checkpoint
+    of a subclass (a test's, a user's) still loads into its task's class. Bases every task shares
+    (``LightningModule``, ``engine.task.TaskModule``) name no task, so they are left out."""
+    shared = {"lightning.pytorch.core.module.LightningModule", "engine.task.TaskModule"}
+    names = (f"{cls.__module__}.{cls.__qualname__}" for cls in module_class.__mro__ if issubclass(cls, LightningModule))
+    return [name for name in names if name not in shared]
 
 
 def _short(qualified_name: str) -> str:
