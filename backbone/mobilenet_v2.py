@@ -148,12 +148,9 @@ class MobileNetV2Backbone(Backbone):
         every activation.
 
         On by default for ``features.0-2`` (stride 2: the 160 x 160 layers at 320 px): they keep
-        a third of a training step's activations for 13% of the forward multiply-adds. SSDLite,
-        batch 32, 320 x 320, on this toolkit's CPU machine: peak resident memory 3.4 instead of
-        4.5 GB, the same weights to the bit after training; the step takes 1.0-1.16x the time
-        under glibc's default allocation and the command line's ``lean`` host memory (the
-        recomputation maps fresh pages), 0.98x under ``fast``. ``features.0-4`` (stride <= 4,
-        24% of the multiply-adds): 2.7 GB.
+        a large share of a training step's activations for a small share of the forward
+        multiply-adds; the weights after training are the same to the bit. Memory and time of
+        each setting: the README and ``benchmarks/memory.py``.
         """
         first_expansion_tap = min(self._expansion_taps, default=len(self.features))
         if not 0 <= blocks <= first_expansion_tap:

@@ -43,8 +43,7 @@ class PackedConv2d(nn.Module):
     oneDNN reordered into its own blocked layout once for the input shape it sees.
 
     A plain conv + ``clamp_`` lets oneDNN reorder the weight on every call and passes over the
-    activations twice. The same arithmetic, so outputs equal the plain conv's (measured: equal
-    to the bit on this machine). The layout oneDNN picks depends on the input shape (a weight
+    activations twice. The same arithmetic, so outputs equal the plain conv's (tested). The layout oneDNN picks depends on the input shape (a weight
     packed for 64 x 64 maps made SSDLite's 1 x 1 to 3 x 3 head convs slower than unpacked), so
     the weight is packed at the first call with each input shape (the last few are kept). Weight
     and bias are no state-dict entries: this lives only in the fast-path copy of a model, which
@@ -110,9 +109,8 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     kernel on a prepacked weight (``PackedConv2d``).
 
     Channels-last weights make oneDNN run every conv (and pass activations between them) in
-    NHWC, without converting each depthwise conv's input and output: 0.51-0.63x the time of the
-    NCHW forward of SSDLite at batch 1, 320x320, on this machine's CPU (three interleaved runs).
-    Prepacking then gave 0.82x (SSDLite, 320, batch 1), 0.95x (batch 16) and 0.96x (DeepLab, 512) of that.
+    NHWC, without converting each depthwise conv's input and output; prepacking saves the
+    weight reorder of every call (figures: ``benchmarks/models.py``, README).
     Inputs may stay NCHW; outputs equal the model's, up to float rounding. Inference only:
     call it under ``torch.no_grad`` or ``torch.inference_mode``.
     """

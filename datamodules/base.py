@@ -33,7 +33,7 @@ import lightning as L
 import torch
 
 from core.constants import IGNORE_INDEX, IMAGENET_MEAN, mean_fill
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from .decoded_cache import DecodedCache
 from .collate import PredictCollate, SegmentationCollate, detection_collate
@@ -288,25 +288,20 @@ class BaseDetectionDataModule(BaseDataModule):
     def __init__(
         self,
         image_size: int = 320,
+        image_ids_from: str | None = None,
         zoom_out: bool = True,
         max_zoom_out: float = 4.0,
         min_iou_crop: bool = True,
         horizontal_flip: bool = True,
         photometric: bool = True,
-        image_ids_from: str | None = None,
         batch_size: int = 24,
         **kwargs: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         self.image_size = image_size
-        self.augment = dict(
-            zoom_out=zoom_out,
-            max_zoom_out=max_zoom_out,
-            min_iou_crop=min_iou_crop,
-            horizontal_flip=horizontal_flip,
-            photometric=photometric,
-        )
         self.image_ids_from = image_ids_from
+        self.augment = {"zoom_out": zoom_out, "max_zoom_out": max_zoom_out, "min_iou_crop": min_iou_crop,
+                        "horizontal_flip": horizontal_flip, "photometric": photometric}  # fmt: skip
 
     def _detection_dataset(self, records: list[DetectionRecord], split: str, include_crowd: bool) -> DetectionDataset:
         train = split == "train"
@@ -354,9 +349,7 @@ class BaseSegmentationDataModule(BaseDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.crop_size = crop_size
-        self.scales = scales
-        self.horizontal_flip = horizontal_flip
+        self.augment = {"crop_size": crop_size, "scales": scales, "horizontal_flip": horizontal_flip}
         self.size_divisor = size_divisor
         self.predict_max_size = predict_max_size
         self.decoded_cache_dir = decoded_cache_dir
@@ -366,9 +359,7 @@ class BaseSegmentationDataModule(BaseDataModule):
     ) -> SegmentationDataset:
         transform = None  # evaluation: whole images, padded by the collate function
         if split == "train":
-            transform = deeplab_train_transform(
-                self.crop_size, scales=self.scales, horizontal_flip=self.horizontal_flip, fill=self.fill
-            )
+            transform = deeplab_train_transform(**self.augment, fill=self.fill)
         return SegmentationDataset(
             items,
             transform,

@@ -63,6 +63,15 @@ def read_categories(annotation_file: str | Path) -> list[dict[str, Any]]:
     return sorted(categories, key=lambda c: c["id"])
 
 
+def coco_splits(
+    root: str | Path, train: tuple[str, str], val: tuple[str, str], test: tuple[str, str] | None = None
+) -> dict[str, tuple[Path, Path]]:
+    """``{split: (image folder, annotation json)}`` under ``root`` from ``(images, annotations)``
+    pairs (relative to ``root``, or absolute); ``test`` defaults to ``val``."""
+    pairs = {"train": train, "val": val, "test": test or val}
+    return {split: (Path(root) / images, Path(root) / annotations) for split, (images, annotations) in pairs.items()}
+
+
 def load_coco(annotation_file: str | Path) -> COCO:
     """pycocotools index of ``annotation_file`` (its own prints silenced into the log)."""
     with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -189,12 +198,8 @@ class CocoDetectionDataModule(BaseDetectionDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.root = Path(root)
-        self.splits = {
-            "train": (self.root / train_images, self.root / train_annotations),
-            "val": (self.root / val_images, self.root / val_annotations),
-            "test": (self.root / (test_images or val_images), self.root / (test_annotations or val_annotations)),
-        }
+        self.splits = coco_splits(root, (train_images, train_annotations), (val_images, val_annotations),
+                                  (test_images or val_images, test_annotations or val_annotations))  # fmt: skip
         self.keep_empty_images = keep_empty_images
         source = next((a for _, a in (self.splits["val"], self.splits["train"]) if a.is_file()), None)
         if source is None:
@@ -291,12 +296,7 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.root = Path(root)
-        self.splits = {
-            "train": (self.root / train_images, self.root / train_annotations),
-            "val": (self.root / val_images, self.root / val_annotations),
-            "test": (self.root / val_images, self.root / val_annotations),
-        }
+        self.splits = coco_splits(root, (train_images, train_annotations), (val_images, val_annotations))
         names = list(class_names) if class_names is not None else list(VOC_CLASSES)
         self.coco_names = list(coco_names) if coco_names is not None else [VOC_TO_COCO_NAMES.get(n, n) for n in names]
         if len(self.coco_names) != len(names):

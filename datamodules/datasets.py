@@ -92,9 +92,13 @@ def decoded_image(loaded: LoadedImage | tuple[LoadedImage, np.ndarray]) -> Loade
 
 class _SkippingDataset(Dataset):
     """Base: ``fetch`` turns a ``DataProblem`` into a skip that names it; ``dataset[i]`` is the
-    sample, or None when skipped. Subclasses give ``load``, ``image_path`` and ``_transformed``."""
+    sample, or None when skipped. ``items`` are the samples' descriptions (each with an
+    ``image_path``); subclasses give ``load`` and ``_transformed``."""
 
-    def __init__(self, transform: A.Compose | None, strict: bool, cache: DecodedCache | None = None) -> None:
+    def __init__(
+        self, items: list[Any], transform: A.Compose | None, strict: bool, cache: DecodedCache | None = None
+    ) -> None:
+        self.items = items
         self.transform = transform
         self.strict = strict
         self.cache = cache
@@ -103,8 +107,11 @@ class _SkippingDataset(Dataset):
         """The decoded, checked files of sample ``index``; raises ``DataProblem``."""
         raise NotImplementedError
 
+    def __len__(self) -> int:
+        return len(self.items)
+
     def image_path(self, index: int) -> Path:
-        raise NotImplementedError
+        return self.items[index].image_path
 
     def cache_sources(self, index: int) -> list[Path | str] | None:
         """What ``load(index)`` depends on, for ``DecodedCache``; None: not cacheable."""
@@ -166,20 +173,13 @@ class DetectionDataset(_SkippingDataset):
         original_boxes: bool = False,
         strict: bool = False,
     ) -> None:
-        super().__init__(transform, strict)
+        super().__init__(records, transform, strict)
         self.original_boxes = original_boxes
-        self.records = records
         self.include_crowd = include_crowd
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def image_path(self, index: int) -> Path:
-        return self.records[index].image_path
 
     def load(self, index: int) -> LoadedImage:
         """The decoded image of record ``index``, checked against its annotated size; raises ``DataProblem``."""
-        record = self.records[index]
+        record = self.items[index]
         loaded = load_image(record.image_path)
         height, width = loaded.array.shape[:2]
         if record.size is not None and (height, width) != tuple(record.size):
@@ -191,7 +191,7 @@ class DetectionDataset(_SkippingDataset):
         return loaded
 
     def _transformed(self, index: int, loaded: LoadedImage) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        record = self.records[index]
+        record = self.items[index]
         image = loaded.array
         keep = np.ones(len(record.labels), bool) if self.include_crowd else record.iscrowd == 0
         out = self.transform(
@@ -229,16 +229,9 @@ class SegmentationDataset(_SkippingDataset):
         strict: bool = False,
         cache: DecodedCache | None = None,
     ) -> None:
-        super().__init__(transform, strict, cache)
-        self.items = items
+        super().__init__(items, transform, strict, cache)
         self.num_classes = num_classes
         self.mask_ignore_index = mask_ignore_index
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def image_path(self, index: int) -> Path:
-        return self.items[index].image_path
 
     def cache_sources(self, index: int) -> list[Path | str] | None:
         item = self.items[index]

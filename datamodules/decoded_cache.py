@@ -1,10 +1,9 @@
 """Decoded samples kept on disk as raw arrays, so later epochs skip JPEG / PNG decoding.
 
-DeepLab's training pipeline spends most of its time decoding (an image of VOC's size: ~1.4 ms
-of JPEG + PNG decoding against ~0.2 ms to read the same pixels back from an ``.npy`` file and
-~0.7 ms of augmentation, on one core). With ``decoded_cache_dir`` set, the first read of a
-sample decodes and checks its files as usual and writes the result there; every later read
-loads the arrays. VOC trainaug takes ~8 GB of disk this way.
+DeepLab's training pipeline spends most of its time decoding JPEG and PNG files; reading the
+same pixels back from an ``.npy`` file is far cheaper. With ``decoded_cache_dir`` set, the
+first read of a sample decodes and checks its files as usual and writes the result there;
+every later read loads the arrays. VOC trainaug takes about 8 GB of disk this way.
 
 An entry is named by a hash of its source files' paths, sizes and modification times (and of
 whatever else decides the result, e.g. the class count the mask was checked against), so an

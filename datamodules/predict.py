@@ -14,6 +14,7 @@ the decoded original (uint8 ``3 x orig_h x orig_w``) to draw the predictions on.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +24,8 @@ import torch
 from .datasets import _SkippingDataset
 from .image_io import LoadedImage, is_image_file, load_image
 from .problems import DataProblem, ProblemReport
+
+log = logging.getLogger(__name__)
 
 
 def list_image_files(path: str | Path) -> tuple[list[Path], ProblemReport]:
@@ -43,11 +46,14 @@ def list_image_files(path: str | Path) -> tuple[list[Path], ProblemReport]:
     return images, report
 
 
-def coco_image_ids(annotation_file: str | Path) -> dict[str, int]:
-    """The ``file_name`` -> ``id`` table of a COCO annotation json."""
+def coco_image_ids(annotation_file: str | Path) -> dict[str, int] | None:
+    """The ``file_name`` -> ``id`` table of a COCO annotation json; None (with a warning) when the
+    file does not exist: ids then come from numeric file names, and whatever needs an id that
+    is missing (a COCO results file) says so."""
     path = Path(annotation_file)
     if not path.is_file():
-        raise FileNotFoundError(f"image_ids_from: {path} does not exist")
+        log.warning("image_ids_from: %s does not exist; predicted images get ids from numeric file names only", path)
+        return None
     return {image["file_name"]: int(image["id"]) for image in json.loads(path.read_text())["images"]}
 
 
@@ -68,21 +74,18 @@ class ImageFolderPredictDataset(_SkippingDataset):
         max_size: int | None = None,
         image_ids: Mapping[str, int] | None = None,
     ) -> None:
-        super().__init__(transform=None, strict=False)
-        self.files, self.report = list_image_files(path)
-        self.report.checked = len(self.files)
+        files, self.report = list_image_files(path)
+        super().__init__(files, transform=None, strict=False)
+        self.report.checked = len(files)
         self.resize_to = resize_to
         self.max_size = max_size
         self.image_ids = image_ids
 
-    def __len__(self) -> int:
-        return len(self.files)
-
     def image_path(self, index: int) -> Path:
-        return self.files[index]
+        return self.items[index]
 
     def load(self, index: int) -> LoadedImage:
-        return load_image(self.files[index])
+        return load_image(self.items[index])
 
     def image_id(self, path: Path) -> int | None:
         if self.image_ids is not None:
@@ -90,7 +93,7 @@ class ImageFolderPredictDataset(_SkippingDataset):
         return int(path.stem) if path.stem.isdigit() else None
 
     def _transformed(self, index: int, loaded: LoadedImage) -> tuple[torch.Tensor, dict[str, Any]]:
-        path, original = self.files[index], loaded.array
+        path, original = self.items[index], loaded.array
         orig_h, orig_w = original.shape[:2]
         image = original
         if self.resize_to is not None:

@@ -22,6 +22,8 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
+from core.constants import IGNORE_INDEX
+
 from .base import BaseDetectionDataModule, BaseSegmentationDataModule
 from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem
 from .image_io import read_list
@@ -184,7 +186,7 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
         mask_suffix: str = ".png",
         class_names: list[str] | None = None,
         background_name: str | None = "background",
-        mask_ignore_index: int = 255,
+        mask_ignore_index: int = IGNORE_INDEX,
         sbd_root: str | None = None,
         **kwargs: Any,
     ) -> None:

@@ -91,23 +91,11 @@ class DeepLabModule(TaskModule):
     ) -> None:
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
-        super().__init__(
-            build_deeplab(
-                num_classes=num_classes,
-                backbone=backbone,
-                output_stride=output_stride,
-                head=head,
-                pretrained_backbone=pretrained_backbone,
-                width_mult=width_mult,
-                atrous_rates=atrous_rates,
-                separable=separable,
-                dropout=dropout,
-                grad_checkpointing=grad_checkpointing,
-            ),
-            channels_last=channels_last,
-            max_nonfinite_steps=max_nonfinite_steps,
-            prediction_dir=prediction_dir,
-        )
+        model = build_deeplab(
+            num_classes, backbone, output_stride, head, pretrained_backbone, width_mult, atrous_rates, separable,
+            dropout=dropout, grad_checkpointing=grad_checkpointing,
+        )  # fmt: skip
+        super().__init__(model, channels_last, max_nonfinite_steps, prediction_dir)
         self.register_buffer(
             "class_weights", None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         )

@@ -17,10 +17,9 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-# ATen's channels-last bilinear upsampling on CPU (measured at 32 x 32 -> 512 x 512, 2 threads,
-# AVX-512): vectorised over channels, so a channel count off a multiple of 8 runs a slow tail
-# (21 classes: 3.9 ms, 24: 2.1 ms); from 32 channels on every layout is slow alike (32: 15 ms
-# channels-last, 14.5 ms NCHW), so padding stops at 24.
+# ATen's channels-last bilinear upsampling on CPU is vectorised over channels, so a channel
+# count off a multiple of 8 runs a slow scalar tail; from 32 channels on every layout is slow
+# alike, so padding stops at 24.
 CHANNELS_LAST_RESIZE_MAX_CHANNELS = 24
 CHANNELS_LAST_RESIZE_VECTOR = 8
 

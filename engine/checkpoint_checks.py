@@ -105,6 +105,11 @@ class CheckedCheckpoints:
 
 def load_module_checkpoint(module_class: type[LightningModule], path: str, **overrides: Any) -> LightningModule:
     """``module_class.load_from_checkpoint(path, **overrides)`` on the CPU with ``weights_only=True``,
-    after checking the file is readable and of this task (``CheckpointError`` naming it if not)."""
+    after checking the file is readable and of this task (``CheckpointError`` naming it if not).
+
+    The checkpoint holds every weight, so a module taking ``pretrained_backbone`` is built
+    without the ImageNet weights it started from (none need to be on this machine)."""
     check_module_class(read_checkpoint(path), module_class, path)
+    if "pretrained_backbone" in inspect.signature(module_class.__init__).parameters:
+        overrides.setdefault("pretrained_backbone", False)
     return module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)

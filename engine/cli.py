@@ -9,6 +9,7 @@ takes ``num_classes`` (and the task's other ``LINKED_FROM_DATA``, e.g. SSDLite's
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,7 +60,8 @@ class TaskCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in self.model_class.LINKED_FROM_DATA:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
-        parser.link_arguments("model.backbone", "data.init_args.image_mean", compute_fn=backbone_mean)
+        if "backbone" in inspect.signature(self.model_class.__init__).parameters:
+            parser.link_arguments("model.backbone", "data.init_args.image_mean", compute_fn=backbone_mean)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse, then check a ``--ckpt_path`` file: LightningCLI next applies its hyperparameters
@@ -97,8 +99,7 @@ def run_task_cli(
         else:
             # Training is lean by default: its resident set stays near its real use. Inference
             # (validate, test, predict) keeps glibc's default unless asked: it holds little
-            # memory, and mapping fresh pages for every tensor of 1 MB or more made the
-            # DeepLab fast path 2.3x slower at 512 x 512 (90 vs 40 ms an image).
+            # memory, and mapping fresh pages for every tensor of 1 MB or more slows it down.
             try:
                 apply_host_memory_policy(default="lean" if argv[:1] == ["fit"] else None)
             except ValueError as err:

@@ -109,10 +109,7 @@ def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -
         if not Path(getattr(args, option)).is_file():
             parser.error(f"--{option} {getattr(args, option)}: no such file")
 
-    # The checkpoint holds every weight: skip building the ImageNet backbone it started from.
-    module = load_module_checkpoint(
-        task.module_class, args.ckpt_path, pretrained_backbone=False, **task.load_overrides(args)
-    )
+    module = load_module_checkpoint(task.module_class, args.ckpt_path, **task.load_overrides(args))
     graph = task.graph(module, args).eval()
     size = task.image_size(module, args)
     outputs = task.output_names(args)

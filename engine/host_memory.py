@@ -5,14 +5,13 @@ PyTorch allocates CPU tensors with the C library's ``malloc``. glibc serves a la
 with its own ``mmap`` (unmapped again on free) only above a threshold that it raises, up to
 32 MB, every time such a block is freed; after the first training step most activation-sized
 tensors therefore come from the heap, whose freed pages stay resident and fragment. A
-training step's resident set then peaks far above the memory it really uses (measured on
-SSDLite, batch 32, 320x320: 4.7 GB instead of 2.9 GB). Fixing the threshold keeps every
-tensor of ``threshold_bytes`` or more on ``mmap``.
+training step's resident set then peaks far above the memory it really uses. Fixing the
+threshold keeps every tensor of ``threshold_bytes`` or more on ``mmap``.
 
 The price is time: every step maps fresh pages for its activations and the kernel zeroes
 them. Serving every tensor from the heap and never trimming it (``keep_freed_tensors``) makes
-the same step about 2x faster, for a higher resident set (SSDLite, batch 32, 320x320, CPU:
-2.2-3.3 s instead of 5.8-6.3 s a step; peak 7.2 GB instead of 4.6 GB).
+the same step faster, for a higher resident set. The README and the benchmark report
+(``benchmarks/training.py``, ``benchmarks/memory.py``) give the measured figures.
 """
 
 from __future__ import annotations

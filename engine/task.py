@@ -27,6 +27,7 @@ in a few lines).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -94,16 +95,12 @@ class TaskModule(CheckedCheckpoints, L.LightningModule):
     _fast_copy: tuple[nn.Module, ...] = ()
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        channels_last: bool = True,
-        max_nonfinite_steps: int = 5,
-        prediction_dir: str | None = None,
+        self, model: nn.Module, channels_last: bool = True, max_nonfinite_steps: int = 5, prediction_dir: str | None = None
     ) -> None:
         super().__init__()
-        # Collects the arguments of the task's own __init__ too (Lightning walks the init frames).
-        self.save_hyperparameters(ignore=["model", *self.RUN_TIME_OPTIONS])
+        # The task's own __init__ arguments (the frames from the caller of this one up), so that
+        # load_from_checkpoint can pass them back: this base's are the task's to take or not.
+        self.save_hyperparameters(ignore=list(self.RUN_TIME_OPTIONS), frame=inspect.currentframe().f_back)
         self.max_nonfinite_steps = max_nonfinite_steps
         self.prediction_dir = prediction_dir
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model

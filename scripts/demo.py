@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import yaml
 from torchvision.io import decode_jpeg, read_file, write_jpeg
 from torchvision.transforms.v2.functional import resize
@@ -58,7 +57,7 @@ TINY = {
     "num_val": 4,
     "image_sizes": (96, 128),
     "ssdlite": {"trainer": {"max_epochs": 1, "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0},
-                "model": {"width_mult": 0.35, "pretrained_backbone": False, "image_size": 96},
+                "model": {"width_mult": 0.35, "pretrained_backbone": False},
                 "data": {"image_size": 96, "batch_size": 4, "num_workers": 0}},
     "deeplab": {"trainer": {"max_steps": 2, "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0},
                 "model": {"width_mult": 0.35, "pretrained_backbone": False},

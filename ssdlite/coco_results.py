@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from lightning import LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning import Callback, LightningModule, Trainer
 
 from datamodules import detections_to_coco_results
 
 log = logging.getLogger(__name__)
 
 
-class CocoResultsWriter(BasePredictionWriter):
+class CocoResultsWriter(Callback):
     """Collects every image's detections (boxes in its own pixels) and writes them at the end of
     predict as a COCO results list at ``path`` (rank 0, gathered from every process).
 
@@ -26,7 +25,6 @@ class CocoResultsWriter(BasePredictionWriter):
     """
 
     def __init__(self, path: str | Path, label_to_category_id: Sequence[int] | None = None) -> None:
-        super().__init__(write_interval="batch")
         self.path = Path(path)
         self.label_to_category_id = label_to_category_id
         self._results: list[dict[str, Any]] = []
@@ -34,15 +32,8 @@ class CocoResultsWriter(BasePredictionWriter):
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._results = []
 
-    def write_on_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        prediction: Sequence[dict[str, Any]],
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int,
+    def on_predict_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, prediction: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         for result in prediction:
             if result["image_id"] is None:

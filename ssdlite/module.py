@@ -73,24 +73,12 @@ class SSDLiteModule(TaskModule):
         (``build_ssdlite``; default the backbone's, 3 for MobileNetV2; 0 for the fastest step).
         ``channels_last``: weights, hence activations, in NHWC order, which oneDNN (CPU) and
         cuDNN run faster."""
-        super().__init__(
-            build_ssdlite(
-                num_classes=num_classes,
-                backbone=backbone,
-                width_mult=width_mult,
-                image_size=image_size,
-                pretrained_backbone=pretrained_backbone,
-                freeze_backbone=freeze_backbone,
-                classification_loss=classification_loss,
-                score_threshold=score_threshold,
-                nms_threshold=nms_threshold,
-                detections_per_image=detections_per_image,
-                grad_checkpointing=grad_checkpointing,
-            ),
-            channels_last=channels_last,
-            max_nonfinite_steps=max_nonfinite_steps,
-            prediction_dir=prediction_dir,
-        )
+        model = build_ssdlite(
+            num_classes, backbone, width_mult, image_size, pretrained_backbone, freeze_backbone=freeze_backbone,
+            classification_loss=classification_loss, score_threshold=score_threshold, nms_threshold=nms_threshold,
+            detections_per_image=detections_per_image, grad_checkpointing=grad_checkpointing,
+        )  # fmt: skip
+        super().__init__(model, channels_last, max_nonfinite_steps, prediction_dir)
         self.predictions_json = predictions_json
         self.MONITOR = "ap50_voc07" if metric == "voc07" else "map"
 

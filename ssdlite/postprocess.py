@@ -41,7 +41,7 @@ ONE_CALL_CANDIDATES = 1000
 # image are usually among them (random weights: 100 kept of the best 256).
 NMS_PREFIX = 256
 # IoU entries per chunk when every class is settled: 1 MB of floats, inside the CPU's L2 and
-# under the CLI's mmap threshold (``engine.host_memory``); 1.5-1.9x faster than one 3.2 MB chunk.
+# under the CLI's mmap threshold (``engine.host_memory``), so faster than one large chunk.
 NMS_CHUNK_ELEMENTS = 1 << 18
 
 
@@ -123,11 +123,11 @@ def image_nms(
     point into the flattened ``C * k`` candidates (label = index // k).
 
     Up to ``ONE_CALL_CANDIDATES`` candidates this is ``batched_nms`` itself. Above, on CPU, it
-    runs ``nms`` once per class in a Python loop (80 calls, 10 ms an image for COCO's 80 x 100
-    candidates). There, the ``NMS_PREFIX`` best candidates are settled first, all classes at
-    once: a candidate's fate depends only on better ones of its class, all inside that prefix,
-    so when it keeps ``max_kept`` they are the answer (2 ms). Otherwise (strong suppression,
-    few objects) every class's row is settled at once (``class_rows_nms``, 5 ms).
+    runs ``nms`` once per class in a Python loop (80 calls for COCO). There, the ``NMS_PREFIX``
+    best candidates are settled first, all classes at once: a candidate's fate depends only on
+    better ones of its class, all inside that prefix, so when it keeps ``max_kept`` they are the
+    answer. Otherwise (strong suppression, few objects) every class's row is settled at once
+    (``class_rows_nms``).
     """
     num_classes, k = scores.shape
     boxes, scores, candidates = boxes.reshape(-1, 4), scores.flatten(), candidates.flatten()

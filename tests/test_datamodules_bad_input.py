@@ -69,7 +69,7 @@ def test_training_epoch_skips_bad_samples_without_crashing(bad_coco: Path, caplo
     skipped = []
     for index in range(len(dm.datasets["train"])):
         if dm.datasets["train"][index] is None:
-            skipped.append(dm.datasets["train"].records[index].image_path.name)
+            skipped.append(dm.datasets["train"].items[index].image_path.name)
     assert sorted(skipped) == ["notes.jpg", "truncated.jpg", "truncated.png", "wrong_size.jpg"]
 
 
@@ -115,16 +115,22 @@ def test_predict_folder_of_arbitrary_images(bad_coco: Path, tmp_path: Path, capl
     write_odd_images(folder)
     (folder / "sub").mkdir()
     noise(w=200, h=30).save(folder / "sub" / "wide.png")
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         dm = CocoDetectionDataModule(str(bad_coco), predict_path=str(folder), num_workers=0, batch_size=4, image_size=64)
         dm.setup("predict")
         batches = list(dm.predict_dataloader())
     assert "notes.jpg" in caplog.text and "truncated.jpg" in caplog.text
+    # both reach the run's summary, as skips in fit / validate do
+    problems = dm.problem_log.report.problems
+    assert len(problems["not_an_image"]) == 1 and "notes.jpg" in problems["not_an_image"][0]
+    assert any("truncated.jpg" in problem for problem in problems["unreadable_image"])
     metas = [m for _, ms in batches for m in ms]
     assert len(metas) == 9  # 11 files: the text file left out when listed, the truncated one skipped
     assert all(images.shape[1:] == (3, 64, 64) and images.dtype == torch.float32 for images, _ in batches)
     by_name = {Path(m["path"]).name: m for m in metas}
     assert by_name["wide.png"]["orig_size"] == [30, 200] and by_name["exif.jpg"]["orig_size"] == [H, W]
+    # the decoded original rides along (pictures are drawn on it) and, with no COCO file names, no id
+    assert by_name["wide.png"]["image"].shape == (3, 30, 200) and by_name["wide.png"]["image_id"] is None
     seg = VOCSegmentationDataModule(str(tmp_path), predict_path=str(folder), predict_max_size=100, num_workers=0, batch_size=16)
     seg.setup("predict")
     images, metas = next(iter(seg.predict_dataloader()))

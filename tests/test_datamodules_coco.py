@@ -84,7 +84,7 @@ def test_classes_and_id_mapping_known_after_init(coco_root: Path) -> None:
 def test_records_boxes_labels_crowd_and_counted_problems(coco_root: Path) -> None:
     dm = CocoDetectionDataModule(str(coco_root), num_workers=0)
     dataset, report = dm._build_dataset("train")
-    by_id = {r.image_id: r for r in dataset.records}
+    by_id = {r.image_id: r for r in dataset.items}
     assert sorted(by_id) == [1, 2, 3, 5]  # the empty image kept, the missing file dropped
     a = by_id[1]
     np.testing.assert_allclose(a.boxes, [[4, 6, 24, 16], [14, 10, 30, 30], [44, 30, 62, 46]])
@@ -102,8 +102,8 @@ def test_keep_empty_images_switch(coco_root: Path) -> None:
     val, _ = dm._build_dataset("val")
     # Training drops the image without annotations and the one with only a crowd region;
     # evaluation keeps every image (COCO's evaluation counts them).
-    assert sorted(r.image_id for r in train.records) == [1, 3]
-    assert sorted(r.image_id for r in val.records) == [1, 2, 3, 5]
+    assert sorted(r.image_id for r in train.items) == [1, 3]
+    assert sorted(r.image_id for r in val.items) == [1, 2, 3, 5]
 
 
 def test_training_targets_have_no_crowd_evaluation_targets_keep_it(coco_root: Path) -> None:
@@ -131,7 +131,7 @@ def test_results_round_trip_through_loadres_and_cocoeval(coco_root: Path) -> Non
     val, _ = dm._build_dataset("val")
     # Perfect predictions, given as contiguous labels and xyxy boxes in original pixels.
     ids, boxes, scores, labels = [], [], [], []
-    for record in val.records:
+    for record in val.items:
         keep = record.iscrowd == 0
         ids.append(record.image_id)
         boxes.append(torch.from_numpy(record.boxes[keep]))

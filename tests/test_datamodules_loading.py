@@ -85,7 +85,7 @@ def test_workers_augment_differently(shapes_root: Path) -> None:
     dm = CocoDetectionDataModule(str(shapes_root / "coco"), num_workers=2, batch_size=1, image_size=64)
     dm.setup("fit")
     dataset = dm.datasets["train"]
-    dataset.records = dataset.records[:1] * 6  # the same image six times
+    dataset.items = dataset.items[:1] * 6  # the same image six times
     images = [batch[0] for batch in dm.train_dataloader()]
     flat = torch.stack(images).flatten(1)
     assert len({tuple(row[:4096].tolist()) for row in flat}) == 6
@@ -108,7 +108,7 @@ def test_shapes_through_the_coco_and_voc_readers(shapes_root: Path) -> None:
     coco_val, coco_report = coco._build_dataset("val")
     voc_val, voc_report = voc._build_dataset("val")
     assert len(coco_val) == len(voc_val) == 24 and coco_report.num_problems == voc_report.num_problems == 0
-    for a, b in zip(coco_val.records, voc_val.records):
+    for a, b in zip(coco_val.items, voc_val.items):
         assert a.image_path.name == b.image_path.name and a.size == b.size
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.labels, b.labels)

@@ -81,7 +81,7 @@ def test_07_plus_12_splits_and_difficult_handling(voc_root: Path) -> None:
     train, report = dm._build_dataset("train")
     test, _ = dm._build_dataset("test")
     assert (len(train), len(test)) == (5, 2)  # 07 trainval + 12 trainval / 07 test
-    assert len({r.image_id for r in train.records}) == 5
+    assert len({r.image_id for r in train.items}) == 5
     assert report.counts() == {"unknown_category": 1} and "unicorn" in report.problems["unknown_category"][0]
     _, target = train[0]  # 000005: the difficult chair is no training target
     assert target["labels"].tolist() == [VOC_CLASSES.index("chair")] and target["iscrowd"].tolist() == [0]

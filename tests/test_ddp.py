@@ -63,7 +63,7 @@ TASKS = {
     # Two steps from ImageNet MobileNetV2: already a non-zero mAP. Evaluation batches of 3 give
     # rank 0 two batches, rank 1 one.
     "ssdlite": Task("ssdlite", "configs/ssdlite_shapes.yaml", "val/map", {
-        "model": {"image_size": 128, "warmup_steps": 1},
+        "model": {"warmup_steps": 1},
         "data": {"init_args": {"root": "{data}/coco", "image_size": 128, "batch_size": 4, "eval_batch_size": 3}},
     }),
     # A small learning rate keeps the model near its initialisation, where it predicts every
@@ -225,6 +225,7 @@ def test_ddp_ranks_evaluate_each_image_once(ddp_runs: dict) -> None:
 
 def test_fit_validation_under_ddp_equals_validate_of_its_checkpoint(ddp_runs: dict) -> None:
     (single,) = ddp_runs["single"].values()
+    assert sorted(ddp_runs["fit"]) == list(range(WORLD_SIZE))
     for rank, record in ddp_runs["fit"].items():  # last.ckpt holds the weights validated at the end of fit
         assert_same_metrics(record["metrics"], single["metrics"], f"fit, rank {rank}")
 

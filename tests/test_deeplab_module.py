@@ -64,16 +64,17 @@ def test_predict_writes_palette_pngs_at_the_original_size(tmp_path):
     module = tiny_module(prediction_dir=str(tmp_path), eval_scales=[0.75, 1.0], eval_flip=True).eval()
     images = torch.rand(2, 3, 40, 48)
     sources = tmp_path / "images"
-    sources.mkdir()
     metas = [
         {"path": str(sources / "a.jpg"), "orig_size": [80, 96], "size": [40, 48]},
         {"path": str(sources / "b.jpg"), "orig_size": [50, 30], "size": [40, 24]},  # padded on the right
     ]
-    for meta in metas:  # the overlay picture is drawn on the original image
+    for meta in metas:  # the overlay picture is drawn on the decoded original the batch carries
         height, width = meta["orig_size"]
-        Image.new("RGB", (width, height), (90, 120, 150)).save(meta["path"])
+        meta["image"] = torch.full((3, height, width), 120, dtype=torch.uint8)
     with torch.no_grad():
         results = module.predict_step((images, metas), 0)
+    for result, meta in zip(results, metas):  # what the prediction writer does after each batch
+        module.write_prediction(result, meta, tmp_path)
     assert [r["labels"].shape for r in results] == [(80, 96), (50, 30)]
     for result, name in zip(results, ["a", "b"]):
         written = Image.open(tmp_path / f"{name}.png")

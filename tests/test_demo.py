@@ -47,4 +47,6 @@ def test_detection_results_are_an_official_coco_results_file(demo):
 def test_summary_names_metrics_and_where_the_outputs_are(demo):
     assert "val mAP" in demo["stdout"] and "val mIoU" in demo["stdout"]
     assert demo["ssdlite"]["grid"] in demo["stdout"] and demo["deeplab"]["grid"] in demo["stdout"]
-    assert demo["wall_seconds"] > 0
+    written = json.loads((Path(demo["run_folder"]) / "summary.json").read_text())
+    assert written["wall_seconds"] == demo["wall_seconds"]
+    assert f"Demo finished in {demo['wall_seconds'] / 60:.1f} min" in demo["stdout"]

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+import core.grad_checkpoint as grad_checkpoint
 from backbone import build_backbone
 from deeplab_mobile import build_deeplab
 from ssdlite import build_ssdlite
@@ -55,18 +56,25 @@ def test_checkpointed_step_equals_plain_step_and_keeps_less(blocks: int) -> None
 def test_mobilenet_v2_recomputes_its_stride_2_blocks_by_default() -> None:
     """Both tasks train MobileNetV2 with ``features.0-2`` recomputed unless told otherwise."""
     assert build_backbone("mobilenet_v2", width_mult=0.35).grad_checkpointing == 3
-    assert build_ssdlite(num_classes=3, width_mult=0.35).features.core.grad_checkpointing == 3
-    assert build_deeplab(num_classes=3, width_mult=0.35).core.grad_checkpointing == 3
-    assert build_ssdlite(num_classes=3, width_mult=0.35, grad_checkpointing=0).features.core.grad_checkpointing == 0
-    assert build_deeplab(num_classes=3, width_mult=0.35, grad_checkpointing=5).core.grad_checkpointing == 5
+    assert build_ssdlite(num_classes=3, width_mult=0.35).features.backbone.grad_checkpointing == 3
+    assert build_deeplab(num_classes=3, width_mult=0.35).backbone.grad_checkpointing == 3
+    assert build_ssdlite(num_classes=3, width_mult=0.35, grad_checkpointing=0).features.backbone.grad_checkpointing == 0
+    assert build_deeplab(num_classes=3, width_mult=0.35, grad_checkpointing=5).backbone.grad_checkpointing == 5
     build_ssdlite(num_classes=3, backbone="resnet18")  # backbones without checkpointing keep building
 
 
-def test_checkpointing_is_off_in_evaluation_and_checked() -> None:
+def test_checkpointing_is_off_in_evaluation_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    recompute = grad_checkpoint.checkpoint
+    monkeypatch.setattr(grad_checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or recompute(*a, **k))
     backbone = build_backbone("mobilenet_v2", width_mult=0.35, taps=["features.14.conv.0", "features.18"])
     backbone.set_grad_checkpointing(5)
     with torch.no_grad():
         backbone.eval()(torch.rand(1, 3, 64, 64))
+    assert calls == []  # evaluation runs the blocks plainly
+    taps = backbone.train()(torch.rand(2, 3, 64, 64))
+    assert len(calls) == 5  # training recomputes the five blocks
+    sum(t.sum() for t in taps.values()).backward()
     with pytest.raises(ValueError, match="0..14"):
         backbone.set_grad_checkpointing(15)
     with pytest.raises(NotImplementedError, match="mobilenet_v2"):

@@ -47,7 +47,7 @@ def overrides(task: str, shapes: Path) -> dict[str, Any]:
     tiny_data = {"batch_size": 8, "eval_batch_size": 8, "num_workers": 0}
     if task == "ssdlite":
         return {"trainer": TRAINER,
-                "model": {"width_mult": 0.35, "pretrained_backbone": False, "image_size": 64, "warmup_steps": 2},
+                "model": {"width_mult": 0.35, "pretrained_backbone": False, "warmup_steps": 2},
                 "data": {"init_args": {"root": str(shapes / "coco"), "image_size": 64, **tiny_data}}}  # fmt: skip
     return {"trainer": {**TRAINER, "max_steps": -1},
             "model": {"width_mult": 0.35, "pretrained_backbone": False, "eval_scales": [1.0]},

@@ -44,7 +44,7 @@ def demo(tmp_path_factory):
 def test_ssdlite_predict_on_odd_images(demo, tmp_path, caplog):
     sizes = write_odd_images(tmp_path / "images")
     out = tmp_path / "predictions"
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         ssdlite_main([
             "predict", f"--config={REPO / 'configs' / 'ssdlite_shapes.yaml'}", f"--ckpt_path={demo['ssdlite']['checkpoint']}",
             f"--data.root={Path(demo['data']) / 'coco'}", "--data.image_size=96", "--data.num_workers=0",
@@ -66,7 +66,7 @@ def test_ssdlite_predict_on_odd_images(demo, tmp_path, caplog):
 def test_deeplab_predict_on_odd_images(demo, tmp_path, caplog):
     sizes = write_odd_images(tmp_path / "images")
     out = tmp_path / "predictions"
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         deeplab_main([
             "predict", f"--config={REPO / 'configs' / 'deeplab_shapes.yaml'}", f"--ckpt_path={demo['deeplab']['checkpoint']}",
             f"--data.root={demo['data']}", "--data.num_workers=0", "--data.eval_batch_size=2",
