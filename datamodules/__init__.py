@@ -1,5 +1,6 @@
-"""Lightning datamodules reading COCO and PASCAL VOC as distributed, custom folders, and the
-embedded shapes dataset, with the paper's augmentations (albumentations).
+"""Lightning datamodules reading COCO and PASCAL VOC as distributed, custom folders, VOC XML
+and YOLO exports of annotation tools, and the embedded shapes dataset, with the paper's
+augmentations (albumentations).
 
 Names are imported on first use, so ``python -m datamodules.shapes`` starts without
 loading Lightning.
@@ -23,6 +24,8 @@ _EXPORTS = {
     "VOC_CLASSES": ".voc",
     "VOCDetectionDataModule": ".voc",
     "VOCSegmentationDataModule": ".voc",
+    "VOCFolderDetectionDataModule": ".voc_folder",
+    "YoloDetectionDataModule": ".yolo",
     "generate_shapes": ".shapes",
 }
 __all__ = sorted(_EXPORTS)

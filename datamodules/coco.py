@@ -31,9 +31,9 @@ from pycocotools.coco import COCO
 from core.constants import IGNORE_INDEX
 
 from .base import BaseDetectionDataModule, BaseSegmentationDataModule
-from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem
+from .datasets import ROUNDING_PX, DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem, clip_box
 from .problems import DataProblem, ProblemReport
-from .voc import VOC_CLASSES
+from .voc import VOC_CLASSES, is_background_name
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,18 @@ def read_categories(annotation_file: str | Path) -> list[dict[str, Any]]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: duplicate category ids {sorted(i for i in ids if ids.count(i) > 1)}")
     return sorted(categories, key=lambda c: c["id"])
+
+
+def background_placeholders(categories: list[dict[str, Any]], annotation_files: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The categories that only stand for the background, as annotation tools export one (CVAT,
+    labelme, Roboflow's id-0 dataset category): id 0 or a background name (``background``,
+    ``_background_``, ``__background__``, any case), with no annotation in any of
+    ``annotation_files`` (read only when such a category exists)."""
+    candidates = {c["id"]: c for c in categories if c["id"] == 0 or is_background_name(str(c["name"]))}
+    for path in annotation_files if candidates else ():
+        for ann in json.loads(Path(path).read_text()).get("annotations", []):
+            candidates.pop(ann.get("category_id"), None)
+    return list(candidates.values())
 
 
 def coco_splits(
@@ -134,12 +146,11 @@ def coco_detection_records(
 
 def _clipped_xyxy(ann: dict, path: Path, width: int, height: int, report: ProblemReport) -> list[float] | None:
     x, y, w, h = (float(v) for v in ann["bbox"])
-    box = [x, y, x + w, y + h]
-    clipped = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height), min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]
+    clipped, moved = clip_box([x, y, x + w, y + h], width, height)
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         report.add(DataProblem("zero_area_box", path, f"annotation {ann['id']} box {ann['bbox']} (xywh) has no area inside the image"))
         return None
-    if max(abs(a - b) for a, b in zip(box, clipped)) > 1.0:  # sub-pixel overshoot is rounding, not a problem
+    if moved > ROUNDING_PX:
         report.add(DataProblem("box_outside_image", path, f"annotation {ann['id']} box {ann['bbox']} (xywh) clipped to the image"))
     return clipped
 
@@ -179,7 +190,11 @@ class CocoDetectionDataModule(BaseDetectionDataModule):
         root: dataset folder; the paths below are relative to it (or absolute).
         train_images / train_annotations / val_images / val_annotations: official defaults.
         test_images / test_annotations: default to the val ones (test-dev has no labels).
-        category_ids: use only these category ids, in this order (default: all, by id).
+        category_ids: use only these category ids, in this order. Default: all, by id, less a
+            background placeholder category (id 0 or named ``background`` / ``_background_`` /
+            ``__background__``, any case, and without any annotation in the train / val /
+            test jsons), which is dropped with a log line. List the ids to keep such a
+            category, or to train on some categories only.
         keep_empty_images: keep training images without objects as background samples.
         Others (image size, augmentation, loaders): ``BaseDetectionDataModule``'s.
     """
@@ -206,8 +221,15 @@ class CocoDetectionDataModule(BaseDetectionDataModule):
             raise FileNotFoundError(
                 f"no COCO annotation file: neither {self.splits['val'][1]} nor {self.splits['train'][1]} exists"
             )
-        categories = {c["id"]: c["name"] for c in read_categories(source)}
+        listed = read_categories(source)
+        categories = {c["id"]: c["name"] for c in listed}
         ids = list(category_ids) if category_ids is not None else sorted(categories)
+        if category_ids is None:
+            files = sorted({a for _, a in self.splits.values() if a.is_file()})
+            for placeholder in background_placeholders(listed, files):
+                log.info("%s: category %d %r has no annotations: taken as a background placeholder, not a class "
+                         "(set category_ids to keep it)", source, placeholder["id"], placeholder["name"])  # fmt: skip
+                ids.remove(placeholder["id"])
         unknown = [i for i in ids if i not in categories]
         if unknown:
             raise ValueError(f"category_ids {unknown} are not in {source} (ids: {sorted(categories)})")

@@ -46,6 +46,23 @@ class DetectionRecord:
     size: tuple[int, int] | None = None
 
 
+# Boxes past the image edge by at most this many pixels are rounding, clipped without a report.
+ROUNDING_PX = 1.0
+
+
+def clip_box(box: list[float], width: float, height: float) -> tuple[list[float], float]:
+    """``box`` (xyxy pixels) clipped to a ``width`` x ``height`` image, and the largest
+    distance, in pixels, that one of its coordinates moved."""
+    clipped = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
+               min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]  # fmt: skip
+    return clipped, max(abs(a - b) for a, b in zip(box, clipped))
+
+
+def has_training_target(record: DetectionRecord, keep_crowd: bool = False) -> bool:
+    """Whether ``record`` holds a training target: a non-crowd box (any box with ``keep_crowd``)."""
+    return bool((record.iscrowd == 0).any() or (keep_crowd and len(record.labels)))
+
+
 MaskSource = Path | Callable[[], np.ndarray]
 
 

@@ -24,6 +24,10 @@ from core.constants import voc_palette
 from .problems import DataProblem
 
 EXIF_ORIENTATION = 0x0112
+# EXIF orientations that turn the stored image by 90 degrees: its upright size is (w, h).
+EXIF_TRANSPOSED = (5, 6, 7, 8)
+# File endings listed as images in annotation folders (as annotation tools and Ultralytics do).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -62,6 +66,36 @@ def load_image(path: str | Path) -> LoadedImage:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise DataProblem("unreadable_image", path, f"cannot decode image ({error})") from error
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of ``path`` as ``load_image`` returns it (EXIF orientation applied),
+    from the file's header only. Raises ``DataProblem('missing_image' | 'unreadable_image')``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataProblem("missing_image", path, "image file does not exist")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(EXIF_ORIENTATION, 1) in EXIF_TRANSPOSED:
+                width, height = height, width
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise DataProblem("unreadable_image", path, f"cannot read the image header ({error})") from error
+    return height, width
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The files of ``folder`` (with ``recursive``, of its subfolders too) whose ending is one of
+    ``IMAGE_SUFFIXES`` (any case), sorted; hidden files and folders are left out."""
+    folder = Path(folder)
+    files = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in files
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _plain_complete_jpeg(img: Image.Image, orientation: int, data: bytes) -> bool:

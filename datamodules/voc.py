@@ -16,8 +16,9 @@ with ``sbd_root`` and ``train_split="trainaug"``, straight from the SBD release.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from xml.etree import ElementTree as ET
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from core.constants import IGNORE_INDEX
 
 from .base import BaseDetectionDataModule, BaseSegmentationDataModule
-from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem
+from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem, clip_box, has_training_target
 from .image_io import read_list
 from .problems import DataProblem, ProblemReport
 from .sbd import sbd_dataset_dir, trainaug_stems
@@ -36,6 +37,15 @@ VOC_CLASSES = (
     "tvmonitor",
 )  # fmt: skip
 TRAINAUG = "trainaug"
+# Names annotation tools give a background placeholder class (compared in lower case).
+BACKGROUND_NAMES = ("background", "_background_", "__background__")
+
+log = logging.getLogger(__name__)
+
+
+def is_background_name(name: str) -> bool:
+    """Whether ``name`` is one of ``BACKGROUND_NAMES``, in any case."""
+    return name.strip().lower() in BACKGROUND_NAMES
 
 
 def parse_voc_xml(
@@ -72,8 +82,8 @@ def parse_voc_xml(
             continue
         box = [xmin - 1, ymin - 1, xmax, ymax]
         if size is not None:
-            clipped = [min(max(box[0], 0), width), min(max(box[1], 0), height), min(max(box[2], 0), width), min(max(box[3], 0), height)]
-            if clipped != box:
+            clipped, moved = clip_box(box, width, height)
+            if moved > 0:
                 report.add(DataProblem("box_outside_image", path, f"object {name!r} box {box} clipped to {width}x{height}"))
             box = clipped
         if box[2] <= box[0] or box[3] <= box[1]:
@@ -88,6 +98,19 @@ def parse_voc_xml(
         np.asarray(difficult, np.uint8),
         size,
     )
+
+
+def voc_class_names(xml_files: Iterable[Path]) -> list[str]:
+    """The sorted object class names found in ``xml_files`` (malformed files are skipped here;
+    ``parse_voc_xml`` reports them)."""
+    names: set[str] = set()
+    for path in xml_files:
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError:
+            continue
+        names.update((obj.findtext("name") or "").strip() for obj in root.iter("object"))
+    return sorted(names - {""})
 
 
 class VOCDetectionDataModule(BaseDetectionDataModule):
@@ -133,7 +156,14 @@ class VOCDetectionDataModule(BaseDetectionDataModule):
         for set_name in self.sets[split]:
             year, _, list_name = set_name.rpartition("/")
             folder = self.devkit / year
-            for stem in read_list(folder / "ImageSets" / "Main" / f"{list_name}.txt"):
+            try:
+                stems = read_list(folder / "ImageSets" / "Main" / f"{list_name}.txt")
+            except FileNotFoundError as error:
+                raise FileNotFoundError(
+                    f"{error}; for a VOC folder without split lists use "
+                    f"datamodules.VOCFolderDetectionDataModule (root {folder}): it splits all images by val_fraction"
+                ) from error
+            for stem in stems:
                 stem = stem.split()[0]  # per-class lists carry a second column
                 image_path = folder / "JPEGImages" / f"{stem}.jpg"
                 try:
@@ -151,7 +181,7 @@ class VOCDetectionDataModule(BaseDetectionDataModule):
         records = self.records(split, report)
         train = split == "train"
         if train and not self.keep_empty_images:
-            records = [r for r in records if (r.iscrowd == 0).any() or (self.keep_difficult and len(r.labels))]
+            records = [r for r in records if has_training_target(r, keep_crowd=self.keep_difficult)]
         return self._detection_dataset(records, split, include_crowd=not train or self.keep_difficult), report
 
 
@@ -166,7 +196,9 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
             builds the 10,582-image list from SBD when no ``trainaug.txt`` exists.
         image_suffix / mask_suffix: file endings of images and masks.
         class_names: object classes (default: the 20 VOC classes); with ``background_name``
-            set, index 0 is background and ``num_classes = len(class_names) + 1``.
+            set, index 0 is background and ``num_classes = len(class_names) + 1``, unless the
+            list starts with a background entry itself (``background``, ``_background_``,
+            ``__background__``, any case, as labelme exports): it is then index 0 (logged).
         mask_ignore_index: the value marking "ignore" in the mask files (VOC: 255); batches
             always carry 255 there.
         sbd_root: the SBD release (``benchmark_RELEASE``), for ``trainaug``.
@@ -199,7 +231,11 @@ class VOCSegmentationDataModule(BaseSegmentationDataModule):
         self.image_suffix = image_suffix
         self.mask_suffix = mask_suffix
         names = list(class_names) if class_names is not None else list(VOC_CLASSES)
-        self.class_names = [background_name, *names] if background_name is not None else names
+        if background_name is not None and names and is_background_name(names[0]):
+            log.info("class_names starts with %r: it is the background class 0 (no %r added)", names[0], background_name)
+        elif background_name is not None:
+            names = [background_name, *names]
+        self.class_names = names
         self.num_classes = len(self.class_names)
         if 0 <= mask_ignore_index < self.num_classes:
             raise ValueError(f"mask_ignore_index {mask_ignore_index} is one of the {self.num_classes} class indices")

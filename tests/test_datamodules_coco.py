@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,29 @@ def test_classes_and_id_mapping_known_after_init(coco_root: Path) -> None:
         CocoDetectionDataModule(str(coco_root), category_ids=[4], num_workers=0)
     with pytest.raises(FileNotFoundError, match="instances_val2017.json"):
         CocoDetectionDataModule(str(coco_root / "nowhere"), num_workers=0)
+
+
+def test_background_placeholder_category_is_no_class(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # As annotation tools export: Roboflow's id-0 dataset category, CVAT / labelme's "_background_".
+    categories = [{"id": 0, "name": "pets-xyz", "supercategory": "none"}, {"id": 1, "name": "cat"},
+                  {"id": 2, "name": "dog"}, {"id": 3, "name": "_Background_"}]  # fmt: skip
+    images = [{"id": 1, "file_name": "a.jpg", "width": W, "height": H}]
+    anns = [{"id": 1, "image_id": 1, "category_id": c, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0} for c in (1, 2)]
+    (tmp_path / "annotations").mkdir()
+    val = tmp_path / "annotations" / "instances_val2017.json"
+    val.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    with caplog.at_level(logging.INFO, logger="datamodules.coco"):
+        dm = CocoDetectionDataModule(str(tmp_path), num_workers=0)
+    assert dm.class_names == ["cat", "dog"] and dm.num_classes == 2 and dm.label_to_category_id == [1, 2]
+    assert str(val) in caplog.text and "'pets-xyz'" in caplog.text and "'_Background_'" in caplog.text
+    kept = CocoDetectionDataModule(str(tmp_path), category_ids=[0, 1, 2], num_workers=0)
+    assert kept.class_names == ["pets-xyz", "cat", "dog"]
+    # A "background" category that does hold annotations (here in the train json only) is a class.
+    train_anns = [*anns, {"id": 3, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}]
+    (tmp_path / "annotations" / "instances_train2017.json").write_text(
+        json.dumps({"images": images, "annotations": train_anns, "categories": categories})
+    )
+    assert CocoDetectionDataModule(str(tmp_path), num_workers=0).class_names == ["cat", "dog", "_Background_"]
 
 
 def test_records_boxes_labels_crowd_and_counted_problems(coco_root: Path) -> None:

@@ -96,7 +96,7 @@ def test_arguments_build_from_a_lightningcli_style_parser(tmp_path: Path) -> Non
     parser.add_class_arguments(VOCSegmentationDataModule, "data")
     config = parser.parse_args(["--data.root", str(tmp_path), "--data.class_names", "[a, b]", "--data.crop_size", "321"])
     dm = parser.instantiate(config).data
-    assert dm.num_classes == 3 and dm.crop_size == 321
+    assert dm.num_classes == 3 and dm.augment["crop_size"] == 321
 
 
 def test_shapes_through_the_coco_and_voc_readers(shapes_root: Path) -> None:

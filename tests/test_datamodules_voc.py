@@ -3,6 +3,7 @@ palette PNGs, the SBD release and the SegmentationClassAug layout, and a custom 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +228,17 @@ def test_custom_folder_of_images_and_index_masks(tmp_path: Path) -> None:
     )  # fmt: skip
     _, mask = custom_ignore._build_dataset("val")[0][0]
     assert mask[0, 0] == 255 and set(mask.unique().tolist()) == {1, 2, 255}
+
+
+def test_class_list_starting_with_background_gets_no_second_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # labelme's labels.txt starts with "__ignore__" (left out by the user) and "_background_".
+    with caplog.at_level(logging.INFO, logger="datamodules.voc"):
+        dm = VOCSegmentationDataModule(str(tmp_path), class_names=["_background_", "road", "grass"], num_workers=0)
+    assert dm.class_names == ["_background_", "road", "grass"] and dm.num_classes == 3
+    assert "'_background_'" in caplog.text
+    for first in ("Background", "__background__"):
+        assert VOCSegmentationDataModule(str(tmp_path), class_names=[first, "road"], num_workers=0).num_classes == 2
+    # Elsewhere in the list, or without background_name, the names are taken as they are.
+    assert VOCSegmentationDataModule(str(tmp_path), class_names=["road", "background"], num_workers=0).num_classes == 3
+    plain = VOCSegmentationDataModule(str(tmp_path), class_names=["background", "road"], background_name=None, num_workers=0)
+    assert plain.class_names == ["background", "road"]
