@@ -61,7 +61,7 @@ def load_image(path: str | Path) -> LoadedImage:
             if orientation not in (0, 1):
                 img = ImageOps.exif_transpose(img)
                 conversions.append("exif_rotated")
-            return LoadedImage(_to_rgb(img, conversions), conversions)
+            return LoadedImage(to_rgb(img, conversions), conversions)
     except DataProblem:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
@@ -110,7 +110,7 @@ def read_image(path: str | Path) -> np.ndarray:
     return load_image(path).array
 
 
-def _to_rgb(img: Image.Image, conversions: list[str]) -> np.ndarray:
+def to_rgb(img: Image.Image, conversions: list[str]) -> np.ndarray:
     mode = img.mode
     if mode == "RGB":
         return np.array(img)

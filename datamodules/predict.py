@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import cv2
+import numpy as np
 import torch
 
 from .datasets import _SkippingDataset
@@ -55,6 +56,28 @@ def coco_image_ids(annotation_file: str | Path) -> dict[str, int] | None:
         log.warning("image_ids_from: %s does not exist; predicted images get ids from numeric file names only", path)
         return None
     return {image["file_name"]: int(image["id"]) for image in json.loads(path.read_text())["images"]}
+
+
+def predict_input(
+    image: np.ndarray, *, resize_to: int | None = None, max_size: int | None = None
+) -> tuple[torch.Tensor, dict[str, list[int]]]:
+    """The network input (uint8 ``3 x h x w``) of an ``H x W x 3`` uint8 RGB image and its sizes:
+    ``orig_size`` ``[H, W]`` and ``size`` ``[h, w]`` (the valid input, before any batch padding).
+
+    ``resize_to`` set (detection): resized to ``resize_to`` x ``resize_to``. Otherwise
+    (segmentation) the aspect ratio is kept and the image is shrunk only when its longer side
+    exceeds ``max_size``. Shared by ``ImageFolderPredictDataset`` and ``engine.predictor``.
+    """
+    orig_h, orig_w = image.shape[:2]
+    resized = image
+    if resize_to is not None:
+        resized = cv2.resize(image, (resize_to, resize_to), interpolation=cv2.INTER_LINEAR)
+    elif max_size is not None and max(orig_h, orig_w) > max_size:
+        scale = max_size / max(orig_h, orig_w)
+        size = (max(1, round(orig_w * scale)), max(1, round(orig_h * scale)))
+        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    sizes = {"orig_size": [orig_h, orig_w], "size": list(resized.shape[:2])}
+    return torch.from_numpy(resized).permute(2, 0, 1), sizes
 
 
 class ImageFolderPredictDataset(_SkippingDataset):
@@ -94,19 +117,11 @@ class ImageFolderPredictDataset(_SkippingDataset):
 
     def _transformed(self, index: int, loaded: LoadedImage) -> tuple[torch.Tensor, dict[str, Any]]:
         path, original = self.items[index], loaded.array
-        orig_h, orig_w = original.shape[:2]
-        image = original
-        if self.resize_to is not None:
-            image = cv2.resize(original, (self.resize_to, self.resize_to), interpolation=cv2.INTER_LINEAR)
-        elif self.max_size is not None and max(orig_h, orig_w) > self.max_size:
-            scale = self.max_size / max(orig_h, orig_w)
-            size = (max(1, round(orig_w * scale)), max(1, round(orig_h * scale)))
-            image = cv2.resize(original, size, interpolation=cv2.INTER_AREA)
+        image, sizes = predict_input(original, resize_to=self.resize_to, max_size=self.max_size)
         meta = {
             "path": str(path),
             "image_id": self.image_id(path),
-            "orig_size": [orig_h, orig_w],
-            "size": list(image.shape[:2]),
+            **sizes,
             "image": torch.from_numpy(original).permute(2, 0, 1),
         }
-        return torch.from_numpy(image).permute(2, 0, 1), meta
+        return image, meta

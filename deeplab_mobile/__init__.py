@@ -6,6 +6,7 @@ from .inference import PAPER_EVAL_SCALES, multi_scale_flip_probabilities
 from .metrics import SegmentationScores, scores_from_confusion_matrix
 from .model import HEADS, DeepLab, build_deeplab, default_atrous_rates
 from .module import DeepLabModule
+from .predictor import load_predictor
 
 __all__ = [
     "ASPP",
@@ -18,6 +19,7 @@ __all__ = [
     "SegmentationScores",
     "build_deeplab",
     "default_atrous_rates",
+    "load_predictor",
     "multi_scale_flip_probabilities",
     "scores_from_confusion_matrix",
 ]

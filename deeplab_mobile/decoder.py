@@ -32,5 +32,5 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     def forward(self, head: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         low_level = self.project_low_level(low_level)
-        head = resize_bilinear(head, low_level.shape[-2:])
+        head = resize_bilinear(head, low_level.shape[-2:], align_corners=True)  # the model's grid geometry
         return self.refine(torch.cat([head, low_level], dim=1))

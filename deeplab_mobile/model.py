@@ -5,14 +5,24 @@ with MobileNetV2 at OS16): 1x1 + image-pooling branches on the backbone's ``seg_
 320-channel last bottleneck, "MNet V2*"). ``"aspp"`` adds the three 3x3 atrous branches of
 DeepLabv3 (4.52M with regular convs); ``"aspp_decoder"`` adds the DeepLabv3+ decoder on the
 stride-4 features.
+
+Geometry (TF deeplab's): an input of ``os * k + 1`` pixels a side (513 at OS16) gives feature
+maps of ``k + 1`` cells whose cell ``i`` sits on input pixel ``os * i`` (every stride-2 conv of
+the backbone keeps the corner pixels on its grid), and logits are upsampled with
+``align_corners=True``, which puts them back on exactly those pixels. An input of any other
+size is padded at the bottom / right to the next such size with the backbone's mean colour
+(zero once normalised) and the logits are cropped back, so predictions sit on their pixels at
+every input size: training crops, evaluation images, multi-scale inference, exported graphs.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from backbone import Backbone, build_backbone
 from backbone.weights import PretrainedSpec
@@ -27,6 +37,12 @@ HEADS: tuple[str, ...] = ("reduced", "aspp", "aspp_decoder")
 ASPP_RATES_AT_OS16 = (6, 12, 18)
 
 
+def aligned_size(size: int, output_stride: int) -> int:
+    """The smallest ``output_stride * k + 1`` at least ``size``: the input sizes whose corner
+    pixels every feature map's corner cells sit on."""
+    return output_stride * math.ceil((size - 1) / output_stride) + 1
+
+
 def default_atrous_rates(output_stride: int) -> tuple[int, ...]:
     """(6, 12, 18) at OS16, doubled at OS8 (12, 24, 36), halved at OS32 (3, 6, 9)."""
     return tuple(rate * 16 // output_stride for rate in ASPP_RATES_AT_OS16)
@@ -36,7 +52,8 @@ class DeepLab(nn.Module):
     """Backbone -> ASPP (reduced or full) -> [DeepLabv3+ decoder] -> 1x1 classifier -> resize.
 
     ``forward(images)``: float ``N x 3 x H x W`` RGB in [0, 1] (normalised inside with the
-    backbone's mean/std) -> logits ``N x num_classes x H x W`` at the input size.
+    backbone's mean/std) -> logits ``N x num_classes x H x W`` at the input size, any ``H x W``
+    (padded to ``aligned_size`` inside, see the module docstring).
     """
 
     def __init__(
@@ -61,11 +78,17 @@ class DeepLab(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(self.backbone.normalize(images))
+        height, width = images.shape[-2:]
+        stride = self.backbone.output_stride
+        padded = (aligned_size(height, stride), aligned_size(width, stride))
+        x = self.backbone.normalize(images)
+        if padded != (height, width):  # zeros after normalising: the backbone's mean colour
+            x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))
+        features = self.backbone(x)
         x = self.aspp(features[self.head_tap])
         if self.decoder is not None:
             x = self.decoder(x, features[self.low_level_tap])
-        return resize_logits(self.classifier(x), images.shape[-2:])
+        return resize_logits(self.classifier(x), padded, align_corners=True)[..., :height, :width]
 
 
 def build_deeplab(

@@ -8,13 +8,17 @@ import torch
 from torch.nn import functional as F
 
 
-def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``N x C x h x w`` -> ``N x C x size[0] x size[1]``, bilinear with ``align_corners=False``;
-    ``x`` itself when it has that size already (the interpolation would copy it unchanged)."""
+def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+    """``N x C x h x w`` -> ``N x C x size[0] x size[1]``, bilinear; ``x`` itself when it has that
+    size already (the interpolation would copy it unchanged).
+
+    ``align_corners=False`` (pixel areas, half-pixel centres) resizes images and maps made of
+    pixels; ``align_corners=True`` upsamples a feature grid whose corner cells sit on the
+    corner pixels (``DeepLab``'s ``os * k + 1`` geometry)."""
     size = (int(size[0]), int(size[1]))
     if tuple(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 # ATen's channels-last bilinear upsampling on CPU is vectorised over channels, so a channel
@@ -24,7 +28,7 @@ CHANNELS_LAST_RESIZE_MAX_CHANNELS = 24
 CHANNELS_LAST_RESIZE_VECTOR = 8
 
 
-def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def resize_logits(logits: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
     """``resize_bilinear`` for class logits ``N x C x h x w``, in the fastest layout for inference.
 
     Channels-last logits without autograd (the inference fast path's) are resized with their
@@ -40,12 +44,12 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     # transposes in it, and other runtimes have their own kernels.
     plain = logits.requires_grad or torch.compiler.is_exporting() or torch.compiler.is_compiling()
     if plain or not channels_last or logits.is_contiguous() or tuple(logits.shape[-2:]) == size:
-        return resize_bilinear(logits, size)
+        return resize_bilinear(logits, size, align_corners)
     n, channels, height, width = logits.shape
     padded = -(-channels // CHANNELS_LAST_RESIZE_VECTOR) * CHANNELS_LAST_RESIZE_VECTOR
     if padded == channels or padded > CHANNELS_LAST_RESIZE_MAX_CHANNELS:
-        return resize_bilinear(logits, size)
+        return resize_bilinear(logits, size, align_corners)
     padded_logits = torch.zeros((n, height, width, padded), dtype=logits.dtype, device=logits.device)
     padded_logits = padded_logits.permute(0, 3, 1, 2)  # channels-last
     padded_logits[:, :channels] = logits
-    return resize_bilinear(padded_logits, size)[:, :channels]
+    return resize_bilinear(padded_logits, size, align_corners)[:, :channels]

@@ -245,6 +245,10 @@ class TaskModule(CheckedCheckpoints, L.LightningModule):
         identity = ("path", "image_id", "orig_size")
         return [{**{k: meta[k] for k in identity if k in meta}, **result} for meta, result in zip(metas, results)]
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # CheckedCheckpoints: refuse non-finite, stamp the classes
+        checkpoint["class_names"] = self.class_names()  # what engine.predictor names results with
+
     # --- shared look-ups -----------------------------------------------------------------------
     def class_names(self) -> list[str]:
         """The datamodule's ``class_names`` when it has one per class, else the indices as text."""

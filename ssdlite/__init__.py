@@ -9,6 +9,7 @@ from .matcher import match_anchors, pad_targets
 from .model import SSDLite, build_ssdlite
 from .module import SSDLiteModule
 from .postprocess import decode_detections, rescale_boxes, select_detections
+from .predictor import load_predictor
 
 __all__ = [
     "BoxCoder",
@@ -20,6 +21,7 @@ __all__ = [
     "SSDLiteModule",
     "build_ssdlite",
     "decode_detections",
+    "load_predictor",
     "match_anchors",
     "pad_targets",
     "rescale_boxes",

@@ -10,6 +10,7 @@ Paths are substituted: ``data/coco`` and ``data/VOC`` by the shapes dataset's la
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shlex
@@ -66,23 +67,42 @@ def readme_commands() -> list[tuple[dict[str, str], list[str]]]:
 
 
 def user_data(shapes: Path, out: Path) -> Path:
-    """The shapes dataset rearranged as the README's ``my_data`` (both tasks' layouts)."""
+    """The shapes dataset rearranged as the README's ``my_data`` (both tasks' layouts), ``my_xml``
+    (images with their VOC XML files in ``Annotations/``) and ``my_yolo`` (a YOLO export)."""
     voc = shapes / "VOCdevkit" / "VOC2012"
+    coco = shapes / "coco"
     for link, target in [
-        ("images/train", shapes / "coco" / "train2017"), ("images/val", shapes / "coco" / "val2017"),
-        ("train.json", shapes / "coco" / "annotations" / "instances_train2017.json"),
-        ("val.json", shapes / "coco" / "annotations" / "instances_val2017.json"),
-        ("images_voc", voc / "JPEGImages"), ("masks", voc / "SegmentationClass"), ("splits", voc / "ImageSets" / "Segmentation"),
+        ("my_data/images/train", coco / "train2017"), ("my_data/images/val", coco / "val2017"),
+        ("my_data/train.json", coco / "annotations" / "instances_train2017.json"),
+        ("my_data/val.json", coco / "annotations" / "instances_val2017.json"),
+        ("my_data/images_voc", voc / "JPEGImages"), ("my_data/masks", voc / "SegmentationClass"),
+        ("my_data/splits", voc / "ImageSets" / "Segmentation"),
+        ("my_xml/images", voc / "JPEGImages"), ("my_xml/Annotations", voc / "Annotations"),
     ]:  # fmt: skip
         (out / link).parent.mkdir(parents=True, exist_ok=True)
         (out / link).symlink_to(target)
-    return out
+    for split in ("train", "val"):  # YOLO labels from the COCO boxes: class cx cy w h, normalised
+        (out / "my_yolo" / "images").mkdir(parents=True, exist_ok=True)
+        (out / "my_yolo" / "images" / split).symlink_to(coco / f"{split}2017")
+        labels = out / "my_yolo" / "labels" / split
+        labels.mkdir(parents=True)
+        annotations = json.loads((coco / "annotations" / f"instances_{split}2017.json").read_text())
+        classes = {c["id"]: k for k, c in enumerate(annotations["categories"])}
+        for image in annotations["images"]:
+            w, h = image["width"], image["height"]
+            lines = [f"{classes[a['category_id']]} {(a['bbox'][0] + a['bbox'][2] / 2) / w} {(a['bbox'][1] + a['bbox'][3] / 2) / h} "
+                     f"{a['bbox'][2] / w} {a['bbox'][3] / h}" for a in annotations["annotations"] if a["image_id"] == image["id"]]  # fmt: skip
+            (labels / image["file_name"]).with_suffix(".txt").write_text("\n".join(lines))
+    names = [c["name"] for c in annotations["categories"]]
+    (out / "my_yolo" / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames: {names}\n")
+    return out / "my_data"
 
 
 def substitute(command: list[str], demo: dict, my_data: Path) -> list[str]:
     shapes = Path(demo["data"])
     replacements = {
         "data/coco": str(shapes / "coco"), "data/VOC": str(shapes), "my_data": str(my_data),
+        "my_xml": str(my_data.parent / "my_xml"), "my_yolo": str(my_data.parent / "my_yolo"),
         "runs/deeplab_coco/checkpoints/last.ckpt": demo["deeplab"]["checkpoint"],
     }
     args = [str(REPO / arg) if arg.startswith("configs/") else replacements.get(arg, arg) for arg in command]
@@ -104,7 +124,7 @@ def test_readme_shows_both_tasks_every_step():
 
 def test_readme_training_commands_run(demo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    my_data = user_data(Path(demo["data"]), tmp_path / "my_data")
+    my_data = user_data(Path(demo["data"]), tmp_path / "user")
     ran, host_memory = [], []
     # mallopt would change this whole test process: record the policy (tests/test_host_memory.py applies it)
     monkeypatch.setattr(
@@ -136,7 +156,8 @@ def test_readme_training_commands_run(demo, tmp_path, monkeypatch):
                 scoped.setenv(name, value)
             MAINS[tool]([step, *args, *extra])
         ran.append(f"{tool} {step}")
-    # own data x 2, another backbone, resume, gradient checkpointing, host memory, decoded cache
-    expected = ["ssdlite fit", "ssdlite fit", "deeplab-mobile fit", "ssdlite fit", "ssdlite fit", "ssdlite fit"]
+    # own data (COCO json, YOLO, VOC XML), another backbone, own segmentation data, resume,
+    # gradient checkpointing, host memory, decoded cache
+    expected = ["ssdlite fit"] * 4 + ["deeplab-mobile fit"] + ["ssdlite fit"] * 3
     assert ran == [*expected, "deeplab-mobile fit"], ran
     assert host_memory.count("fast") == 1, host_memory
