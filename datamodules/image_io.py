@@ -111,6 +111,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def to_rgb(img: Image.Image, conversions: list[str]) -> np.ndarray:
+    """``img`` as ``H x W x 3`` uint8 RGB (grayscale, palette, RGBA, 16-bit and CMYK converted),
+    appending the name of each conversion to ``conversions``."""
     mode = img.mode
     if mode == "RGB":
         return np.array(img)
