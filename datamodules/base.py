@@ -37,7 +37,15 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .decoded_cache import DecodedCache
 from .collate import PredictCollate, SegmentationCollate, detection_collate
-from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem, _SkippingDataset, decoded_image
+from .datasets import (
+    DetectionDataset,
+    DetectionRecord,
+    SegmentationDataset,
+    SegmentationItem,
+    _SkippingDataset,
+    decoded_image,
+    has_training_target,
+)
 from .loaders import EpochSampler, ReportingDataLoader, ResumableDataLoader
 from .predict import ImageFolderPredictDataset, coco_image_ids
 from .problems import DataProblem, ProblemLog, ProblemReport
@@ -280,6 +288,7 @@ class BaseDetectionDataModule(BaseDataModule):
         image_ids_from: a COCO annotation json whose ``file_name`` -> ``id`` table gives each
             predicted image its ``image_id`` (default: the numeric file name, as in COCO:
             ``000000397133.jpg`` -> 397133; other names get none).
+        keep_empty_images: keep training images without objects as background samples.
         Others: ``BaseDataModule``'s.
 
     Subclasses set ``num_classes`` and ``class_names`` in ``__init__``.
@@ -289,6 +298,7 @@ class BaseDetectionDataModule(BaseDataModule):
         self,
         image_size: int = 320,
         image_ids_from: str | None = None,
+        keep_empty_images: bool = True,
         zoom_out: bool = True,
         max_zoom_out: float = 4.0,
         min_iou_crop: bool = True,
@@ -300,11 +310,18 @@ class BaseDetectionDataModule(BaseDataModule):
         super().__init__(batch_size=batch_size, **kwargs)
         self.image_size = image_size
         self.image_ids_from = image_ids_from
+        self.keep_empty_images = keep_empty_images
         self.augment = {"zoom_out": zoom_out, "max_zoom_out": max_zoom_out, "min_iou_crop": min_iou_crop,
                         "horizontal_flip": horizontal_flip, "photometric": photometric}  # fmt: skip
 
-    def _detection_dataset(self, records: list[DetectionRecord], split: str, include_crowd: bool) -> DetectionDataset:
+    def _detection_dataset(self, records: list[DetectionRecord], split: str, keep_crowd: bool = False) -> DetectionDataset:
+        """``records`` of ``split`` as a dataset. Training leaves out crowd / difficult boxes
+        (unless ``keep_crowd``) and, unless ``keep_empty_images``, the images left without a
+        training target; evaluation keeps every image and box (crowds for the metric to ignore)."""
         train = split == "train"
+        if train and not self.keep_empty_images:
+            records = [r for r in records if has_training_target(r, keep_crowd)]
+        include_crowd = not train or keep_crowd
         if train:
             transform = ssd_train_transform(self.image_size, fill=self.fill, **self.augment)
         else:

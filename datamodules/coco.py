@@ -195,27 +195,24 @@ class CocoDetectionDataModule(BaseDetectionDataModule):
             ``__background__``, any case, and without any annotation in the train / val /
             test jsons), which is dropped with a log line. List the ids to keep such a
             category, or to train on some categories only.
-        keep_empty_images: keep training images without objects as background samples.
-        Others (image size, augmentation, loaders): ``BaseDetectionDataModule``'s.
+        Others (image size, augmentation, empty images, loaders): ``BaseDetectionDataModule``'s.
     """
 
     def __init__(
         self,
         root: str,
+        category_ids: list[int] | None = None,
         train_images: str = "train2017",
         train_annotations: str = "annotations/instances_train2017.json",
         val_images: str = "val2017",
         val_annotations: str = "annotations/instances_val2017.json",
         test_images: str | None = None,
         test_annotations: str | None = None,
-        category_ids: list[int] | None = None,
-        keep_empty_images: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.splits = coco_splits(root, (train_images, train_annotations), (val_images, val_annotations),
                                   (test_images or val_images, test_annotations or val_annotations))  # fmt: skip
-        self.keep_empty_images = keep_empty_images
         source = next((a for _, a in (self.splits["val"], self.splits["train"]) if a.is_file()), None)
         if source is None:
             raise FileNotFoundError(
@@ -240,17 +237,8 @@ class CocoDetectionDataModule(BaseDetectionDataModule):
     def _build_dataset(self, split: str) -> tuple[DetectionDataset, ProblemReport]:
         image_dir, annotation_file = self.splits[split]
         report = ProblemReport(f"COCO {split} ({annotation_file})")
-        coco = load_coco(annotation_file)
-        train = split == "train"
-        records = coco_detection_records(
-            coco,
-            image_dir,
-            self.label_to_category_id,
-            keep_empty_images=self.keep_empty_images or not train,
-            report=report,
-        )
-        dataset = self._detection_dataset(records, split, include_crowd=not train)
-        return dataset, report
+        records = coco_detection_records(load_coco(annotation_file), image_dir, self.label_to_category_id, report=report)
+        return self._detection_dataset(records, split), report
 
 
 @dataclass
@@ -308,13 +296,13 @@ class CocoSegmentationDataModule(BaseSegmentationDataModule):
     def __init__(
         self,
         root: str,
+        class_names: list[str] | None = None,
+        coco_names: list[str] | None = None,
+        keep_empty_images: bool = False,
         train_images: str = "train2017",
         train_annotations: str = "annotations/instances_train2017.json",
         val_images: str = "val2017",
         val_annotations: str = "annotations/instances_val2017.json",
-        class_names: list[str] | None = None,
-        coco_names: list[str] | None = None,
-        keep_empty_images: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -26,7 +26,7 @@ import numpy as np
 from core.constants import IGNORE_INDEX
 
 from .base import BaseDetectionDataModule, BaseSegmentationDataModule
-from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem, clip_box, has_training_target
+from .datasets import DetectionDataset, DetectionRecord, SegmentationDataset, SegmentationItem, clip_box
 from .image_io import read_list
 from .problems import DataProblem, ProblemReport
 from .sbd import sbd_dataset_dir, trainaug_stems
@@ -121,8 +121,7 @@ class VOCDetectionDataModule(BaseDetectionDataModule):
         train_sets / val_sets / test_sets: ``"VOC20XX/<ImageSets/Main list>"`` names.
         class_names: object classes (default: the 20 VOC classes).
         keep_difficult: keep ``difficult`` objects in the TRAINING targets too (as crowd).
-        keep_empty_images: keep training images without objects as background samples.
-        Others as ``CocoDetectionDataModule``.
+        Others (image size, augmentation, empty images, loaders): ``BaseDetectionDataModule``'s.
     """
 
     def __init__(
@@ -134,7 +133,6 @@ class VOCDetectionDataModule(BaseDetectionDataModule):
         test_sets: list[str] | None = None,
         class_names: list[str] | None = None,
         keep_difficult: bool = False,
-        keep_empty_images: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -148,7 +146,6 @@ class VOCDetectionDataModule(BaseDetectionDataModule):
         self.class_names = list(class_names) if class_names is not None else list(VOC_CLASSES)
         self.num_classes = len(self.class_names)
         self.keep_difficult = keep_difficult
-        self.keep_empty_images = keep_empty_images
 
     def records(self, split: str, report: ProblemReport) -> list[DetectionRecord]:
         """Parsed records of every set of ``split``, with unique ``image_id``s across sets."""
@@ -178,11 +175,7 @@ class VOCDetectionDataModule(BaseDetectionDataModule):
 
     def _build_dataset(self, split: str) -> tuple[DetectionDataset, ProblemReport]:
         report = ProblemReport(f"VOC detection {split} ({', '.join(self.sets[split])})")
-        records = self.records(split, report)
-        train = split == "train"
-        if train and not self.keep_empty_images:
-            records = [r for r in records if has_training_target(r, keep_crowd=self.keep_difficult)]
-        return self._detection_dataset(records, split, include_crowd=not train or self.keep_difficult), report
+        return self._detection_dataset(self.records(split, report), split, keep_crowd=self.keep_difficult), report
 
 
 class VOCSegmentationDataModule(BaseSegmentationDataModule):

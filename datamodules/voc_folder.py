@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .base import BaseDetectionDataModule
-from .datasets import DetectionDataset, DetectionRecord, has_training_target
+from .datasets import DetectionDataset, DetectionRecord
 from .image_io import IMAGE_SUFFIXES, list_images
 from .problems import DataProblem, ProblemReport
 from .splits import check_val_fraction, holdout_split
@@ -49,8 +49,8 @@ class VOCFolderDetectionDataModule(BaseDetectionDataModule):
             XMLs (logged); give the list to fix the order or leave classes out (their
             objects are then counted as ``unknown_category``).
         val_fraction: share of the images held out as val (and test), in (0, 1).
-        keep_difficult / keep_empty_images: as ``VOCDetectionDataModule``'s.
-        Others (image size, augmentation, loaders): ``BaseDetectionDataModule``'s.
+        keep_difficult: as ``VOCDetectionDataModule``'s (``keep_empty_images``: ``BaseDetectionDataModule``'s).
+        Others (image size, augmentation, empty images, loaders): ``BaseDetectionDataModule``'s.
     """
 
     def __init__(
@@ -61,7 +61,6 @@ class VOCFolderDetectionDataModule(BaseDetectionDataModule):
         class_names: list[str] | None = None,
         val_fraction: float = 0.1,
         keep_difficult: bool = False,
-        keep_empty_images: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -90,7 +89,6 @@ class VOCFolderDetectionDataModule(BaseDetectionDataModule):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.keep_difficult = keep_difficult
-        self.keep_empty_images = keep_empty_images
 
     def xml_files(self) -> dict[str, Path]:
         """``{stem: XML path}`` of the annotation folder."""
@@ -126,8 +124,4 @@ class VOCFolderDetectionDataModule(BaseDetectionDataModule):
 
     def _build_dataset(self, split: str) -> tuple[DetectionDataset, ProblemReport]:
         report = ProblemReport(f"VOC folder {split} ({self.image_dir}, val_fraction {self.val_fraction})")
-        records = self.records(split, report)
-        train = split == "train"
-        if train and not self.keep_empty_images:
-            records = [r for r in records if has_training_target(r, keep_crowd=self.keep_difficult)]
-        return self._detection_dataset(records, split, include_crowd=not train or self.keep_difficult), report
+        return self._detection_dataset(self.records(split, report), split, keep_crowd=self.keep_difficult), report

@@ -44,7 +44,7 @@ import numpy as np
 import yaml
 
 from .base import BaseDetectionDataModule
-from .datasets import ROUNDING_PX, DetectionDataset, DetectionRecord, clip_box, has_training_target
+from .datasets import ROUNDING_PX, DetectionDataset, DetectionRecord, clip_box
 from .image_io import image_size, list_images, read_list
 from .problems import DataProblem, ProblemReport
 from .splits import check_val_fraction, holdout_split
@@ -200,8 +200,7 @@ class YoloDetectionDataModule(BaseDetectionDataModule):
         data_yaml: the data file, relative to ``root`` (or absolute).
         val_fraction: share of the train images held out as val (and test) when data.yaml has
             no ``val:``; unused otherwise.
-        keep_empty_images: keep training images without objects as background samples.
-        Others (image size, augmentation, loaders): ``BaseDetectionDataModule``'s.
+        Others (image size, augmentation, empty images, loaders): ``BaseDetectionDataModule``'s.
     """
 
     def __init__(
@@ -209,7 +208,6 @@ class YoloDetectionDataModule(BaseDetectionDataModule):
         root: str,
         data_yaml: str = "data.yaml",
         val_fraction: float = 0.1,
-        keep_empty_images: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -217,7 +215,6 @@ class YoloDetectionDataModule(BaseDetectionDataModule):
         self.class_names = list(self.data.names)
         self.num_classes = len(self.class_names)
         self.val_fraction = check_val_fraction(val_fraction)
-        self.keep_empty_images = keep_empty_images
         if not self.data.sources["val"]:
             log.info("%s has no val: entry: val and test are %g of the train images", self.data.yaml_file, val_fraction)
 
@@ -284,8 +281,4 @@ class YoloDetectionDataModule(BaseDetectionDataModule):
 
     def _build_dataset(self, split: str) -> tuple[DetectionDataset, ProblemReport]:
         report = ProblemReport(f"YOLO {split} ({self.data.yaml_file})")
-        records = self.records(split, report)
-        train = split == "train"
-        if train and not self.keep_empty_images:
-            records = [r for r in records if has_training_target(r)]
-        return self._detection_dataset(records, split, include_crowd=not train), report
+        return self._detection_dataset(self.records(split, report), split), report
