@@ -32,10 +32,13 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from benchmarks.harness import Row, time_interleaved, write_report
+from core.constants import IGNORE_INDEX, mean_fill
 from datamodules.coco import CocoDetectionDataModule
 from datamodules.shapes import CLASS_NAMES, generate_shapes
-from datamodules.transforms import DEEPLAB_SCALES, IGNORE_INDEX, MEAN_FILL
+from datamodules.transforms import DEEPLAB_SCALES
 from datamodules.voc import VOCSegmentationDataModule
+
+MEAN_FILL = mean_fill()
 
 
 def torchvision_ssd(image_size: int) -> v2.Compose:
