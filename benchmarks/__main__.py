@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.harness import Row, write_report
 
-ROWS = ("detection", "onnx", "segmentation", "training", "memory", "coco", "data")
+ROWS = ("detection", "onnx", "segmentation", "training", "memory", "coco", "data", "finetune")
 
 
 def run_row(name: str, args: argparse.Namespace) -> list[Row]:
@@ -50,6 +50,13 @@ def run_row(name: str, args: argparse.Namespace) -> list[Row]:
         return coco_eval_rows(200 if args.quick else 5000, repeats=1 if args.quick else 2)
     if name == "data":
         return data_rows(args)
+    if name == "finetune":
+        from benchmarks.finetune import finetune_rows
+        from datamodules.shapes import generate_shapes
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = generate_shapes(tmp, num_train=48, num_val=2, seed=0)
+            return finetune_rows(Path(root) / "coco", Path(tmp) / "run", steps=8 if args.quick else 30, threads=args.threads)
     raise ValueError(f"unknown row {name!r}; rows: {ROWS}")
 
 
