@@ -113,7 +113,9 @@ class PixelSampler(Backbone):
 def test_deeplab_logits_land_on_their_pixels_at_any_input_size(size: tuple[int, int]) -> None:
     """An image whose channels are its own pixel coordinates, through a ``DeepLab`` that passes
     the sampled pixels on as logits: wherever the logits interpolate between cells inside the
-    image, they must give back each pixel's own coordinates (the old geometry was 7.5 px off)."""
+    image, they must give back each pixel's own coordinates (measured: the old geometry,
+    no padding and ``align_corners=False``, was off by up to 7.4 px, 6.5 / 2.1 px on average at
+    350 x 421)."""
     head = nn.Identity()
     head.out_channels = 3
     model = DeepLab(PixelSampler(), head, num_classes=3).eval()
