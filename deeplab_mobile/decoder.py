@@ -7,7 +7,7 @@ from torch import nn
 
 from core.conv import SeparableConvBNReLU, conv_bn_relu
 
-from .resize import resize_bilinear
+from .resize import upsample_cells
 
 
 class DeepLabV3PlusDecoder(nn.Module):
@@ -16,13 +16,21 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     The low-level features are projected to ``low_level_projection`` (48) channels so they do
     not outweigh the head's; the head output is upsampled to their size, concatenated, and
-    refined by two 3x3 depthwise-separable convs (TF deeplab's decoder).
+    refined by two 3x3 depthwise-separable convs (TF deeplab's decoder). ``scale``: the head's
+    stride over the low-level features' (4 at OS16), whose cell ``i`` sits on low-level cell
+    ``scale * i`` (``upsample_cells``).
     """
 
     def __init__(
-        self, low_level_channels: int, head_channels: int, low_level_projection: int = 48, out_channels: int = 256
+        self,
+        low_level_channels: int,
+        head_channels: int,
+        low_level_projection: int = 48,
+        out_channels: int = 256,
+        scale: int = 4,
     ) -> None:
         super().__init__()
+        self.scale = scale
         self.project_low_level = conv_bn_relu(low_level_channels, low_level_projection)
         self.refine = nn.Sequential(
             SeparableConvBNReLU(head_channels + low_level_projection, out_channels),
@@ -32,5 +40,5 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     def forward(self, head: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         low_level = self.project_low_level(low_level)
-        head = resize_bilinear(head, low_level.shape[-2:], align_corners=True)  # the model's grid geometry
+        head = upsample_cells(head, low_level.shape[-2:], self.scale)
         return self.refine(torch.cat([head, low_level], dim=1))

@@ -48,12 +48,58 @@ def default_atrous_rates(output_stride: int) -> tuple[int, ...]:
     return tuple(rate * 16 // output_stride for rate in ASPP_RATES_AT_OS16)
 
 
-class DeepLab(nn.Module):
-    """Backbone -> ASPP (reduced or full) -> [DeepLabv3+ decoder] -> 1x1 classifier -> resize.
+class DeepLabHead(nn.Module):
+    """ASPP (reduced or full) -> [DeepLabv3+ decoder] -> 1x1 classifier, on backbone features.
+
+    ``forward(features)``: ``{tap: N x C x h x w}`` (at least ``head_tap``, and
+    ``low_level_tap`` with a decoder) -> logits ``N x num_classes x h' x w'`` on the grid of
+    ``head_tap`` (with a decoder: of ``low_level_tap``), not yet resized to the input. The
+    head of ``DeepLab`` and of the joint model (``multitask``).
+    """
+
+    def __init__(
+        self,
+        aspp: ASPP,
+        num_classes: int,
+        head_tap: str,
+        decoder: DeepLabV3PlusDecoder | None = None,
+        low_level_tap: str | None = None,
+    ) -> None:
+        super().__init__()
+        if (decoder is None) != (low_level_tap is None):
+            raise ValueError("a decoder needs a low_level_tap and a low_level_tap needs a decoder")
+        self.head_tap = head_tap
+        self.low_level_tap = low_level_tap
+        self.aspp = aspp
+        self.decoder = decoder
+        features = decoder.out_channels if decoder is not None else aspp.out_channels
+        self.classifier = nn.Conv2d(features, num_classes, kernel_size=1)
+        self.num_classes = num_classes
+
+    @property
+    def taps(self) -> list[str]:
+        """The backbone taps the head reads."""
+        return [tap for tap in (self.low_level_tap, self.head_tap) if tap is not None]
+
+    def logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits on the grid of the head's finest tap (see the class docstring)."""
+        x = self.aspp(features[self.head_tap])
+        if self.decoder is not None:
+            x = self.decoder(x, features[self.low_level_tap])
+        return self.classifier(x)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.logits(features)
+
+
+class DeepLab(DeepLabHead):
+    """Backbone -> ``DeepLabHead`` -> resize to the input.
 
     ``forward(images)``: float ``N x 3 x H x W`` RGB in [0, 1] (normalised inside with the
     backbone's mean/std) -> logits ``N x num_classes x H x W`` at the input size, any ``H x W``
-    (padded to ``aligned_size`` inside, see the module docstring).
+    (padded to ``aligned_size`` inside, see the module docstring). A subclass of its head, so
+    the head's parameters keep their names (``aspp.*``, ``decoder.*``, ``classifier.*``) in
+    checkpoints.
     """
 
     def __init__(
@@ -65,17 +111,8 @@ class DeepLab(nn.Module):
         head_tap: str | None = None,
         low_level_tap: str | None = None,
     ) -> None:
-        super().__init__()
-        if (decoder is None) != (low_level_tap is None):
-            raise ValueError("a decoder needs a low_level_tap and a low_level_tap needs a decoder")
-        self.head_tap = head_tap or backbone.seg_tap
-        self.low_level_tap = low_level_tap
+        super().__init__(aspp, num_classes, head_tap or backbone.seg_tap, decoder, low_level_tap)
         self.backbone = backbone
-        self.aspp = aspp
-        self.decoder = decoder
-        features = decoder.out_channels if decoder is not None else aspp.out_channels
-        self.classifier = nn.Conv2d(features, num_classes, kernel_size=1)
-        self.num_classes = num_classes
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
@@ -84,11 +121,8 @@ class DeepLab(nn.Module):
         x = self.backbone.normalize(images)
         if padded != (height, width):  # zeros after normalising: the backbone's mean colour
             x = F.pad(x, (0, padded[1] - width, 0, padded[0] - height))
-        features = self.backbone(x)
-        x = self.aspp(features[self.head_tap])
-        if self.decoder is not None:
-            x = self.decoder(x, features[self.low_level_tap])
-        return resize_logits(self.classifier(x), padded, align_corners=True)[..., :height, :width]
+        logits = self.logits(self.backbone(x))
+        return resize_logits(logits, padded, align_corners=True)[..., :height, :width]
 
 
 def build_deeplab(
@@ -125,23 +159,43 @@ def build_deeplab(
             of keeping their activations (``Backbone.set_grad_checkpointing``); ``None`` keeps
             the backbone's default (MobileNetV2: 3 blocks), 0 turns it off.
     """
+    net = build_backbone(backbone, pretrained=pretrained_backbone, output_stride=output_stride, width_mult=width_mult)
+    parts = deeplab_head_parts(
+        net, head, atrous_rates, separable, channels, dropout, head_tap, low_level_tap, output_stride
+    )
+    net.select_taps([tap for tap in (parts["low_level_tap"], parts["head_tap"]) if tap is not None])
+    if grad_checkpointing is not None:
+        net.set_grad_checkpointing(grad_checkpointing)
+    return DeepLab(net, num_classes=num_classes, **parts)
+
+
+def deeplab_head_parts(
+    net: Backbone,
+    head: HeadName = "reduced",
+    atrous_rates: Sequence[int] | None = None,
+    separable: bool = False,
+    channels: int = 256,
+    dropout: float = 0.1,
+    head_tap: str | None = None,
+    low_level_tap: str | None = None,
+    output_stride: int = 16,
+) -> dict:
+    """The arguments of ``DeepLabHead`` but ``num_classes`` (``aspp``, ``decoder``, ``head_tap``,
+    ``low_level_tap``) for a head on ``net``'s taps; see ``build_deeplab`` for the arguments.
+    ``output_stride`` sets the default ASPP rates."""
     if head not in HEADS:
         raise ValueError(f"unknown DeepLab head {head!r}; choose one of {HEADS}")
     if head == "reduced" and atrous_rates:
         raise ValueError(f"the reduced head has no atrous branches; got atrous_rates={list(atrous_rates)}")
     if head != "aspp_decoder" and low_level_tap is not None:
         raise ValueError(f"low_level_tap={low_level_tap!r} is only read by head='aspp_decoder', not {head!r}")
-    net = build_backbone(backbone, pretrained=pretrained_backbone, output_stride=output_stride, width_mult=width_mult)
     head_tap = head_tap or net.seg_tap
     if head == "aspp_decoder":
         low_level_tap = low_level_tap or net.deepest_tap(4).name
-    net.select_taps([tap for tap in (low_level_tap, head_tap) if tap is not None])
-    if grad_checkpointing is not None:
-        net.set_grad_checkpointing(grad_checkpointing)
-
     rates = () if head == "reduced" else tuple(atrous_rates or default_atrous_rates(output_stride))
     aspp = ASPP(net.info(head_tap).channels, channels, rates, separable=separable, dropout=dropout)
     decoder = None
     if head == "aspp_decoder":
-        decoder = DeepLabV3PlusDecoder(net.info(low_level_tap).channels, channels, out_channels=channels)
-    return DeepLab(net, aspp, num_classes, decoder=decoder, head_tap=head_tap, low_level_tap=low_level_tap)
+        scale = net.info(head_tap).stride // net.info(low_level_tap).stride
+        decoder = DeepLabV3PlusDecoder(net.info(low_level_tap).channels, channels, out_channels=channels, scale=scale)
+    return {"aspp": aspp, "decoder": decoder, "head_tap": head_tap, "low_level_tap": low_level_tap}

@@ -21,6 +21,25 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool = 
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
+def upsample_cells(x: torch.Tensor, size: Sequence[int], stride: int) -> torch.Tensor:
+    """Upsample a grid ``N x C x h x w`` whose cell ``i`` sits on output pixel ``stride * i`` to
+    ``size`` (``H x W``, at most ``stride * h`` by ``stride * w``), bilinear.
+
+    That is the grid of a network of symmetric-padded stride-2 convs at any input size (and of
+    a coarse feature map against a finer one). One replicated cell past the bottom / right edge
+    puts every output pixel inside the grid; ``align_corners=True`` onto ``stride * h + 1`` pixels
+    places each cell on its pixel; the result is cropped to ``size``. On ``DeepLab``'s aligned
+    sizes (``stride * (h - 1) + 1`` pixels) it is ``resize_bilinear(x, size, align_corners=True)``.
+    """
+    height, width = int(size[0]), int(size[1])
+    if height > stride * x.shape[-2] or width > stride * x.shape[-1]:
+        raise ValueError(f"a {tuple(x.shape[-2:])} grid at stride {stride} covers at most "
+                         f"{(stride * x.shape[-2], stride * x.shape[-1])} pixels, not {(height, width)}")
+    padded = F.pad(x, (0, 1, 0, 1), mode="replicate")
+    grid = (stride * x.shape[-2] + 1, stride * x.shape[-1] + 1)
+    return resize_bilinear(padded, grid, align_corners=True)[..., :height, :width]
+
+
 # ATen's channels-last bilinear upsampling on CPU is vectorised over channels, so a channel
 # count off a multiple of 8 runs a slow scalar tail; from 32 channels on every layout is slow
 # alike, so padding stops at 24.

@@ -57,7 +57,11 @@ class SSDLiteFeatures(nn.Module):
         self.out_channels = channels
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        taps = self.backbone(images)
+        return self.extend(self.backbone(images))
+
+    def extend(self, taps: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The maps from backbone taps already computed (``{tap: N x C x h x w}``, at least
+        ``self.taps``): the taps, then the extra layers on the last one."""
         maps = [taps[name] for name in self.taps]
         x = maps[-1]
         for layer in self.extras:

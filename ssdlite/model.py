@@ -71,44 +71,68 @@ class SSDLite(nn.Module):
         """Head outputs (``cls_logits`` ``N x A x (C+1)``, ``bbox_regression`` ``N x A x 4``)
         and the ``A x 4`` xyxy anchors for this input size."""
         maps = self.features(self.features.backbone.normalize(images))
+        return self.head_outputs(maps, tuple(images.shape[-2:]))
+
+    def head_outputs(
+        self, maps: Sequence[torch.Tensor], image_size: tuple[int, int]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``predict_raw`` from the feature maps (``SSDLiteFeatures``' output) of an
+        ``image_size`` (h, w) input."""
         outputs = self.head(maps)
         anchors = self.anchor_generator(
-            tuple(images.shape[-2:]), [tuple(m.shape[-2:]) for m in maps], images.device, outputs["bbox_regression"].dtype
+            image_size, [tuple(m.shape[-2:]) for m in maps], maps[0].device, outputs["bbox_regression"].dtype
         )
         return outputs, anchors
+
+    def decode_outputs(
+        self, outputs: dict[str, torch.Tensor], anchors: torch.Tensor, image_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``decode`` from ``predict_raw``'s results for an ``image_size`` (h, w) input."""
+        return decode_detections(
+            outputs["cls_logits"], outputs["bbox_regression"], anchors, self.box_coder, image_size, self.score_activation
+        )
 
     def decode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes ``N x A x 4`` (xyxy, input pixels, clipped) and scores ``N x A x C``, before NMS.
 
         Traceable end to end (the part an ONNX export keeps).
         """
-        outputs, anchors = self.predict_raw(images)
-        return decode_detections(
-            outputs["cls_logits"],
-            outputs["bbox_regression"],
-            anchors,
-            self.box_coder,
-            tuple(images.shape[-2:]),
-            self.score_activation,
+        return self.decode_outputs(*self.predict_raw(images), tuple(images.shape[-2:]))
+
+    def losses(
+        self, outputs: dict[str, torch.Tensor], anchors: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """``{"bbox_regression", "classification"}`` of ``predict_raw``'s results against
+        ``targets`` (one per image, see the class docstring)."""
+        boxes, labels, valid = pad_targets(targets)
+        return self.loss(outputs["cls_logits"], outputs["bbox_regression"], anchors, boxes, labels, valid)
+
+    def select(self, boxes: torch.Tensor, scores: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per image, the detections kept from ``decode``'s boxes and scores (score threshold, NMS, top-k)."""
+        return select_detections(
+            boxes, scores, self.score_threshold, self.nms_threshold, self.topk_per_class, self.detections_per_image
         )
 
     def forward(
         self, images: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"SSDLite expects images N x 3 x H x W, got shape {tuple(images.shape)}")
+        check_images(images, type(self).__name__)
         if self.training:
-            if targets is None:
-                raise ValueError("SSDLite in train mode needs targets; call model.eval() to detect")
-            if len(targets) != images.shape[0]:
-                raise ValueError(f"got {len(targets)} targets for {images.shape[0]} images")
-            outputs, anchors = self.predict_raw(images)
-            boxes, labels, valid = pad_targets(targets)
-            return self.loss(outputs["cls_logits"], outputs["bbox_regression"], anchors, boxes, labels, valid)
-        boxes, scores = self.decode(images)
-        return select_detections(
-            boxes, scores, self.score_threshold, self.nms_threshold, self.topk_per_class, self.detections_per_image
-        )
+            check_targets(images, targets, type(self).__name__)
+            return self.losses(*self.predict_raw(images), targets)
+        return self.select(*self.decode(images))
+
+
+def check_images(images: torch.Tensor, model_name: str) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{model_name} expects images N x 3 x H x W, got shape {tuple(images.shape)}")
+
+
+def check_targets(images: torch.Tensor, targets: Sequence[dict] | None, model_name: str) -> None:
+    if targets is None:
+        raise ValueError(f"{model_name} in train mode needs targets; call model.eval() to predict")
+    if len(targets) != images.shape[0]:
+        raise ValueError(f"got {len(targets)} targets for {images.shape[0]} images")
 
 
 def freeze_backbone_layers(backbone: nn.Module, freeze: bool | str) -> list[nn.Module]:

@@ -78,13 +78,28 @@ def write_prediction_files(
     stem = Path(path).stem
     boxes, scores, labels = boxes.cpu(), scores.cpu(), labels.cpu()
     picture = save_picture(draw_detections(image, boxes, scores, labels, class_names, min_score), out_dir / f"{stem}_boxes.jpg")
-    height, width = image.shape[-2:]
-    detections = [
+    detections = {"boxes": boxes, "scores": scores, "labels": labels}
+    return write_detections_json(path, image.shape[-2:], detections, out_dir / f"{stem}.json", class_names), picture
+
+
+def write_detections_json(
+    path: str | Path,
+    image_size: Sequence[int],
+    detections: dict[str, torch.Tensor],
+    out: str | Path,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Write ``out``: the ``detections`` (``boxes`` ``K x 4`` xyxy in the pixels of the image at
+    ``path``, of ``image_size`` (h, w); ``scores``; ``labels``) as ``write_prediction_files``
+    describes; returns ``out``."""
+    height, width = (int(v) for v in image_size)
+    boxes, scores, labels = (detections[k].cpu().tolist() for k in ("boxes", "scores", "labels"))
+    records = [
         {"box_xyxy": [round(v, 2) for v in box], "score": round(score, 5), "label": label,
          "class_name": class_names[label] if class_names is not None else str(label)}
-        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist())
-    ]
-    record = {"file": str(path), "width": int(width), "height": int(height), "detections": detections}
-    json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(record, indent=1))
-    return json_path, picture
+        for box, score, label in zip(boxes, scores, labels)
+    ]  # fmt: skip
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"file": str(path), "width": width, "height": height, "detections": records}, indent=1))
+    return out

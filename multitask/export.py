@@ -1,0 +1,69 @@
+"""``multitask export``: one graph, both tasks' outputs, dynamic batch.
+
+    multitask export --ckpt_path runs/demo/multitask/checkpoints/last.ckpt --output multitask.onnx --image photo.jpg
+
+Outputs: ``boxes`` and ``scores`` as ``ssdlite export`` gives them (decoded, before NMS: the
+caller runs it, e.g. ``ssdlite.postprocess.select_detections``), and ``logits`` or ``labels``
+as ``deeplab-mobile export`` gives them, all from one backbone pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from engine import Parity, TaskExport
+from engine.parity import compare_label_maps, compare_top_detections
+
+from .model import MultiTaskModel
+from .module import MultiTaskModule
+
+SEGMENTATION_SHAPES = {"logits": "N x C_seg x H x W (float)", "labels": "N x H x W (int64)"}
+
+
+class JointOutputs(nn.Module):
+    """``images`` ``N x 3 x H x W`` in [0, 1] -> (``boxes`` ``N x A x 4`` xyxy input pixels,
+    ``scores`` ``N x A x C_det``, then ``logits`` ``N x C_seg x H x W`` or, with ``labels``,
+    their argmax ``N x H x W`` int64): ``MultiTaskModel.decode``."""
+
+    def __init__(self, model: MultiTaskModel, labels: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.labels = labels
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        boxes, scores, logits = self.model.decode(images)
+        return boxes, scores, logits.argmax(dim=1) if self.labels else logits
+
+
+class MultiTaskExport(TaskExport):
+    module_class = MultiTaskModule
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--image_size", type=int, default=None, help="square input size (default: the checkpoint's)")
+        parser.add_argument("--output_kind", choices=list(SEGMENTATION_SHAPES), default="logits",
+                            help="segmentation output: logits N x C x H x W (float) or labels N x H x W (int64 argmax)")
+        parser.add_argument("--top_k", type=int, default=20, help="top (anchor, class) pairs per image compared")
+
+    def image_size(self, module: MultiTaskModule, args: argparse.Namespace) -> tuple[int, int]:
+        size = args.image_size or module.hparams.image_size
+        return size, size
+
+    def graph(self, module: MultiTaskModule, args: argparse.Namespace) -> nn.Module:
+        return JointOutputs(module.model, labels=args.output_kind == "labels")
+
+    def output_names(self, args: argparse.Namespace) -> dict[str, str]:
+        return {"boxes": "N x A x 4 (xyxy px)", "scores": "N x A x C_det", args.output_kind: SEGMENTATION_SHAPES[args.output_kind]}
+
+    def parity(self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace) -> Parity:
+        boxes, scores, segmentation = reference
+        exported_boxes, exported_scores, exported_segmentation = exported
+        detection = compare_top_detections(boxes, scores, exported_boxes, exported_scores, top_k=args.top_k)
+        if args.output_kind == "logits":
+            masks = compare_label_maps(segmentation.argmax(dim=1), exported_segmentation.argmax(axis=1))
+        else:
+            masks = compare_label_maps(segmentation, exported_segmentation)
+        return Parity(detection.passed and masks.passed, f"detection: {detection.summary}; segmentation: {masks.summary}")
