@@ -1,6 +1,6 @@
 """Lightning datamodules reading COCO and PASCAL VOC as distributed, custom folders, VOC XML
 and YOLO exports of annotation tools, and the embedded shapes dataset, with the paper's
-augmentations (albumentations).
+augmentations (albumentations); joint boxes + masks for the multi-task model (``.joint``).
 
 Names are imported on first use, so ``python -m datamodules.shapes`` starts without
 loading Lightning.
@@ -19,6 +19,12 @@ _EXPORTS = {
     "detections_to_coco_results": ".coco",
     "detection_collate": ".collate",
     "ImageFolderPredictDataset": ".predict",
+    "BaseJointDataModule": ".joint",
+    "JointCocoDataModule": ".joint",
+    "JointDataset": ".joint",
+    "JointRecord": ".joint",
+    "JointVOCDataModule": ".joint",
+    "MixedJointDataModule": ".joint",
     "DataProblem": ".problems",
     "ProblemReport": ".problems",
     "VOC_CLASSES": ".voc",

@@ -86,6 +86,37 @@ def read_mask(source: MaskSource) -> np.ndarray:
     return read_index_mask(source)
 
 
+def load_checked_mask(
+    source: MaskSource, image_path: Path, image_shape: tuple[int, int], num_classes: int, mask_ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
+    """The ``H x W`` uint8 mask of ``source`` for the image ``image_path`` of ``image_shape``
+    (h, w), its ``mask_ignore_index`` turned into 255.
+
+    Raises ``DataProblem`` (naming the mask file, or the image when the mask is built) when the
+    mask cannot be read, differs in size from the image, or holds values other than
+    ``0..num_classes-1`` and ``mask_ignore_index``.
+    """
+    mask = read_mask(source)
+    where = source if isinstance(source, Path) else image_path
+    if mask.shape != tuple(image_shape):
+        raise DataProblem(
+            "mask_size_mismatch",
+            where,
+            f"mask is {mask.shape[0]}x{mask.shape[1]} but image {image_path.name} is {image_shape[0]}x{image_shape[1]}",
+        )
+    bad = (mask >= num_classes) & (mask != mask_ignore_index)
+    if bad.any():
+        values = np.unique(mask[bad]).tolist()
+        raise DataProblem(
+            "mask_bad_values",
+            where,
+            f"mask holds values {values[:10]} outside the classes 0..{num_classes - 1} and {mask_ignore_index}",
+        )
+    if mask_ignore_index != IGNORE_INDEX:
+        mask = np.where(mask == mask_ignore_index, IGNORE_INDEX, mask).astype(np.uint8)
+    return mask
+
+
 class SampleKey(NamedTuple):
     """A training sampler's item: the dataset index and the seed of that sample's augmentation."""
 
@@ -208,11 +239,18 @@ class DetectionDataset(_SkippingDataset):
         return loaded
 
     def _transformed(self, index: int, loaded: LoadedImage) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        record = self.items[index]
-        image = loaded.array
+        image, target, _ = self._augmented(self.items[index], loaded.array)
+        return image, target
+
+    def _augmented(
+        self, record: DetectionRecord, image: np.ndarray, **extra: np.ndarray
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
+        """``(image uint8 3 x H x W, target, albumentations output)`` of ``record``'s ``image``
+        (``H x W x 3``) with its boxes and the ``extra`` targets (e.g. ``mask``) through one
+        call of the transform."""
         keep = np.ones(len(record.labels), bool) if self.include_crowd else record.iscrowd == 0
         out = self.transform(
-            image=image, bboxes=record.boxes[keep], labels=record.labels[keep], iscrowd=record.iscrowd[keep]
+            image=image, bboxes=record.boxes[keep], labels=record.labels[keep], iscrowd=record.iscrowd[keep], **extra
         )
         target = {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
@@ -223,7 +261,7 @@ class DetectionDataset(_SkippingDataset):
         }
         if self.original_boxes:
             target["orig_boxes"] = torch.as_tensor(record.boxes[keep])
-        return torch.from_numpy(out["image"]).permute(2, 0, 1), target
+        return torch.from_numpy(out["image"]).permute(2, 0, 1), target, out
 
 
 class SegmentationDataset(_SkippingDataset):
@@ -261,27 +299,8 @@ class SegmentationDataset(_SkippingDataset):
         """Decoded and validated ``(image, H x W uint8 mask)``; raises ``DataProblem``."""
         item = self.items[index]
         loaded = load_image(item.image_path)
-        image = loaded.array
-        mask = read_mask(item.mask)
-        where = item.mask if isinstance(item.mask, Path) else item.image_path
-        if mask.shape != image.shape[:2]:
-            raise DataProblem(
-                "mask_size_mismatch",
-                where,
-                f"mask is {mask.shape[0]}x{mask.shape[1]} but image {item.image_path.name} is "
-                f"{image.shape[0]}x{image.shape[1]}",
-            )
-        bad = (mask >= self.num_classes) & (mask != self.mask_ignore_index)
-        if bad.any():
-            values = np.unique(mask[bad]).tolist()
-            raise DataProblem(
-                "mask_bad_values",
-                where,
-                f"mask holds values {values[:10]} outside the classes 0..{self.num_classes - 1} and {self.mask_ignore_index}",
-            )
-        if self.mask_ignore_index != IGNORE_INDEX:
-            mask = np.where(mask == self.mask_ignore_index, IGNORE_INDEX, mask).astype(np.uint8)
-        return loaded, mask
+        shape = loaded.array.shape[:2]
+        return loaded, load_checked_mask(item.mask, item.image_path, shape, self.num_classes, self.mask_ignore_index)
 
     def _transformed(self, index: int, loaded: tuple[LoadedImage, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = loaded[0].array, loaded[1]

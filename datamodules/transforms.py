@@ -9,6 +9,12 @@ DeepLab (training): random scale in {0.5, 0.75, ..., 2.0}, pad to the crop size 
 on the image, 255 on the mask), random crop, flip. Evaluation runs on whole images, padded
 by the collate function.
 
+Joint detection + segmentation: the SSD pipelines carry an ``H x W`` uint8 class-index mask
+through the same call (``joint_train_transform``; evaluation: ``ssd_eval_transform``): the
+zoom-out canvas is 255 (ignore) on the mask, crops and flips cut and mirror it as the image,
+and the resize picks each mask pixel by the same half-pixel centres bilinear samples the image
+at (``MASK_INTERPOLATION``), so boxes, image and mask stay on the same pixels.
+
 Pipelines take and give ``H x W x 3`` uint8 RGB; boxes are ``pascal_voc`` (xyxy pixels) with
 ``labels`` and ``iscrowd`` fields. Nothing normalises here: the models do it.
 """
@@ -34,6 +40,10 @@ DEEPLAB_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 # SSD sampling options: None = the whole image, else the minimum IoU a crop must reach with
 # some object (0.0 = any patch), as in the SSD paper.
 SSD_CROP_MIN_IOUS = (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+# Mask resizing: the source pixel whose centre is nearest, by the half-pixel centres that
+# bilinear image resizing uses (cv2's INTER_NEAREST floors x * src / dst instead, which drifts
+# up to half a source pixel from the image).
+MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
 
 
 class ZoomOut(A.Pad):
@@ -268,16 +278,48 @@ def ssd_train_transform(
         steps.append(MinIoURandomCrop())
     if horizontal_flip:
         steps.append(A.HorizontalFlip(p=0.5))
-    steps.append(A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR))
+    steps.append(A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=MASK_INTERPOLATION))
     if photometric:
         steps.append(photometric_distortion())
     return A.Compose(steps, bbox_params=_bbox_params(min_side=1.0))
 
 
+def joint_train_transform(
+    image_size: int = 320,
+    *,
+    zoom_out: bool = True,
+    max_zoom_out: float = 4.0,
+    min_iou_crop: bool = True,
+    horizontal_flip: bool = True,
+    photometric: bool = True,
+    fill: tuple[int, int, int] = mean_fill(),
+) -> A.Compose:
+    """Joint detection + segmentation training: the SSD pipeline (``ssd_train_transform``),
+    called with ``image``, ``mask`` (``H x W`` uint8 class indices), ``bboxes``, ``labels`` and
+    ``iscrowd`` together.
+
+    The mask follows the image step by step: 255 (ignore) on the zoom-out canvas, cut by the
+    min-IoU crop and mirrored by the flip as the image, resized by ``MASK_INTERPOLATION``. The
+    crop drops boxes whose centre leaves it while their objects' mask pixels stay: the mask
+    keeps labelling what the image shows.
+    """
+    return ssd_train_transform(
+        image_size,
+        zoom_out=zoom_out,
+        max_zoom_out=max_zoom_out,
+        min_iou_crop=min_iou_crop,
+        horizontal_flip=horizontal_flip,
+        photometric=photometric,
+        fill=fill,
+    )
+
+
 def ssd_eval_transform(image_size: int = 320) -> A.Compose:
-    """SSD evaluation: resize to ``image_size`` squared (boxes follow; none is dropped)."""
+    """SSD evaluation: resize to ``image_size`` squared (boxes follow; none is dropped; a
+    ``mask`` follows by ``MASK_INTERPOLATION``)."""
     return A.Compose(
-        [A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR)], bbox_params=_bbox_params(min_side=0.0)
+        [A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR, mask_interpolation=MASK_INTERPOLATION)],
+        bbox_params=_bbox_params(min_side=0.0),
     )
 
 
