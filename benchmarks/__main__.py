@@ -5,7 +5,8 @@ Rows (``--only`` takes these names, comma-separated): ``detection`` (end to end,
 ``segmentation`` (512 and 513, vs LR-ASPP and DeepLabv3-MobileNetV3), ``training`` (step at
 batch 16 under each host-memory policy, each in a fresh process), ``memory`` (peak of a
 training step at batch 32), ``coco`` (COCO evaluation of 5,000 images x 100 detections),
-``data`` (the datamodule pipelines, one thread each).
+``data`` (the datamodule pipelines, one thread each), ``multitask`` (the joint model vs the two
+single-task models: eval forward at 320 and 512, training step).
 Writes ``benchmarks.md`` and ``benchmarks.json`` to ``--out`` (``runs/bench``).
 ``--quick`` is a smoke run: one repeat of everything, small COCO set, few data images.
 ``--no-fast-path`` times our models as built, without the inference fast path (the baseline).
@@ -22,7 +23,7 @@ import torch
 
 from benchmarks.harness import Row, write_report
 
-ROWS = ("detection", "onnx", "segmentation", "training", "memory", "coco", "data", "finetune")
+ROWS = ("detection", "onnx", "segmentation", "training", "memory", "coco", "data", "finetune", "multitask")
 
 
 def run_row(name: str, args: argparse.Namespace) -> list[Row]:
@@ -50,6 +51,10 @@ def run_row(name: str, args: argparse.Namespace) -> list[Row]:
         return coco_eval_rows(200 if args.quick else 5000, repeats=1 if args.quick else 2)
     if name == "data":
         return data_rows(args)
+    if name == "multitask":
+        from benchmarks.multitask import multitask_rows
+
+        return multitask_rows(timing)
     if name == "finetune":
         from benchmarks.finetune import finetune_rows
         from datamodules.shapes import generate_shapes

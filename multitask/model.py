@@ -114,22 +114,25 @@ class MultiTaskModel(nn.Module):
         with_boxes = [i for i, t in enumerate(targets) if _carries(t, "boxes")]
         with_mask = [i for i, t in enumerate(targets) if _carries(t, "mask")]
         if with_boxes:
-            index = torch.tensor(with_boxes, device=anchors.device)
             detection = self.detector.losses(
-                {k: v.index_select(0, index) for k, v in outputs.items()}, anchors, [targets[i] for i in with_boxes]
+                {k: _rows(v, with_boxes) for k, v in outputs.items()}, anchors, [targets[i] for i in with_boxes]
             )
         else:
             zero = sum(v.sum() for v in outputs.values()) * 0.0
             detection = {"bbox_regression": zero, "classification": zero}
         if with_mask:
-            index = torch.tensor(with_mask, device=logits.device)
             masks = torch.stack([targets[i]["mask"] for i in with_mask]).to(logits.device, torch.int64)
             # Mean over the labelled pixels of the images with masks; none labelled: zero, not NaN.
-            per_pixel = F.cross_entropy(logits.index_select(0, index), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+            per_pixel = F.cross_entropy(_rows(logits, with_mask), masks, ignore_index=IGNORE_INDEX, reduction="sum")
             segmentation = per_pixel / (masks != IGNORE_INDEX).sum().clamp(min=1)
         else:
             segmentation = logits.sum() * 0.0
         return {"detection": detection, "segmentation": {"segmentation": segmentation}}
+
+
+def _rows(x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``x[rows]``, without a copy when that is every row (a batch labelled for the task)."""
+    return x if len(rows) == len(x) else x.index_select(0, torch.tensor(rows, device=x.device))
 
 
 def _carries(target: dict[str, Any], key: str) -> bool:
