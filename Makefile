@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip -c constraints.txt
-	$(PY) -m pip install -q -c constraints.txt -e '.[timm,export,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[timm,export,mobile,dev]'
 	touch $(STAMP)
 
 weights: $(WEIGHTS)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from engine import Parity, TaskExport
 from engine import export_onnx as export_graph
@@ -49,6 +50,28 @@ def export_onnx(
     return export_graph(graph, path, tuple(image_size), [output], opset_version)
 
 
+class ExportedSegmenter(nn.Module):
+    """``DeepLab`` in eval mode, computed by an exported graph: ``images`` ``N x 3 x h x w`` in
+    [0, 1] (any size) are resized to the export size and ``run`` gives their logits (or labels,
+    made one-hot), resized back to ``N x C x h x w`` (bilinear; labels nearest)."""
+
+    def __init__(
+        self, run: Callable[[torch.Tensor], Sequence[torch.Tensor]], image_size: tuple[int, int], num_classes: int
+    ) -> None:
+        super().__init__()
+        self.run, self.image_size, self.num_classes = run, image_size, num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        size = tuple(images.shape[-2:])
+        if size != self.image_size:
+            images = F.interpolate(images, self.image_size, mode="bilinear", align_corners=False)
+        (output,) = self.run(images)
+        if output.dim() == 3:  # a label map
+            output = F.one_hot(output.long(), self.num_classes).permute(0, 3, 1, 2).float()
+            return F.interpolate(output, size, mode="nearest") if size != self.image_size else output
+        return F.interpolate(output, size, mode="bilinear", align_corners=False) if size != self.image_size else output
+
+
 class DeepLabExport(TaskExport):
     module_class = DeepLabModule
 
@@ -75,3 +98,23 @@ class DeepLabExport(TaskExport):
         if args.output_kind == "logits":
             return compare_label_maps(output.argmax(dim=1), exported_output.argmax(axis=1))
         return compare_label_maps(output, exported_output)
+
+    def quantized_parity(
+        self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace
+    ) -> Parity:
+        (output,), (exported_output,) = reference, exported
+        if args.output_kind == "logits":
+            return compare_label_maps(output.argmax(dim=1), exported_output.argmax(axis=1), min_agreement=0.98)
+        return compare_label_maps(output, exported_output, min_agreement=0.98)
+
+    def metric_name(self, module: DeepLabModule) -> str:
+        return "mIoU"
+
+    def evaluation_model(
+        self,
+        module: DeepLabModule,
+        run: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+        image_size: tuple[int, int],
+        args: argparse.Namespace,
+    ) -> nn.Module:
+        return ExportedSegmenter(run, image_size, module.hparams.num_classes)

@@ -1,30 +1,44 @@
 """``<task> export``: a checkpoint to a deployable graph, checked in its runtime against PyTorch.
 
 One command for every task: arguments, checkpoint loading (no ImageNet weights needed: the
-checkpoint holds every weight), writing, the runtime parity check on a real image and the
-report. A task describes only what differs, as a ``TaskExport``: its graph (float images
-``N x 3 x H x W`` in [0, 1] in, the task's tensors out), its output names and shapes, its input
-size and its parity rule. LightningCLI has no place for a command without a Trainer, so the
-task CLI hands ``export`` to ``run_export``.
+checkpoint holds every weight), writing (ONNX for onnxruntime, or an ExecuTorch ``.pte`` with
+the XNNPACK delegate; float, or int8 calibrated on the training run's images), the runtime
+parity check on a real image, and the report written beside the file (size, latency, the
+validation metric of the float graph and of the int8 file). A task describes only what
+differs, as a ``TaskExport``: its graph (float images ``N x 3 x H x W`` in [0, 1] in, the task's
+tensors out), its output names and shapes, its input size, its parity rules, the part of it
+that int8 quantizes, and how its metric reads the graph's outputs. LightningCLI has no place
+for a command without a Trainer, so the task CLI hands ``export`` to ``run_export``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from .calibration import CalibrationSet, calibration_set
 from .checkpoint_checks import load_module_checkpoint
-from .parity import Parity, describe_export, load_parity_batch, run_onnx
+from .executorch_export import export_executorch
+from .export_report import evaluate_with, write_report
+from .exported import ExportedGraph, load_exported
+from .extras import require_extra
+from .parity import Parity, describe_export, load_parity_batch
+from .quantize import quantize_onnx
 from .task import TaskModule
 
 
 class TaskExport:
     """What one task's export is; ``run_export`` does the rest. Subclasses set ``module_class``
-    and implement ``graph``, ``output_names``, ``image_size`` and ``parity``."""
+    and implement ``graph``, ``output_names``, ``image_size`` and ``parity``; for int8 exports
+    ``quantized_parity`` (and ``quantized_modules`` to keep part of the graph float); for the
+    report's metric (``--config``) ``metric_name`` and ``evaluation_model``."""
 
     module_class: type[TaskModule]
 
@@ -49,6 +63,32 @@ class TaskExport:
 
     def parity(self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace) -> Parity:
         """Compare the runtime's outputs with PyTorch's on the same images."""
+        raise NotImplementedError
+
+    def quantized_parity(
+        self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace
+    ) -> Parity:
+        """Compare an int8 file's outputs with the float PyTorch graph's (a looser rule than ``parity``)."""
+        raise NotImplementedError
+
+    def quantized_modules(self, graph: nn.Module, args: argparse.Namespace) -> list[str] | None:
+        """Names of the submodules of ``graph`` that int8 quantizes; None: the whole graph."""
+        return None
+
+    def metric_name(self, module: TaskModule) -> str:
+        """The key of ``module.compute_metric`` that the report compares (float vs int8)."""
+        raise NotImplementedError
+
+    def evaluation_model(
+        self,
+        module: TaskModule,
+        run: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+        image_size: tuple[int, int],
+        args: argparse.Namespace,
+    ) -> nn.Module:
+        """A stand-in for ``module.model`` in ``module.update_metric``: images ``N x 3 x h x w``
+        of any size -> what the model returns in eval mode, computed by ``run`` (the graph's
+        outputs, as tensors, for images ``N x 3 x H x W`` at ``image_size``)."""
         raise NotImplementedError
 
 
@@ -94,34 +134,143 @@ def export_onnx(
     return path
 
 
-def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -> Parity:
-    """Export a checkpoint, check the file in onnxruntime on ``--image`` and its mirror, print the
-    result; exits with a message when the check fails."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+FORMAT_SUFFIXES = {"onnx": ".onnx", "executorch": ".pte"}
+RUNTIMES = {"onnx": "onnxruntime", "executorch": "ExecuTorch"}
+
+
+@dataclass(frozen=True)
+class ExportResult(Parity):
+    """``run_export``'s outcome: the parity check (``passed``, ``summary``), the written file and its report."""
+
+    path: Path = Path()
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def add_export_arguments(parser: argparse.ArgumentParser, task: TaskExport) -> None:
+    """The options every task's ``export`` takes, then the task's own."""
     name = task.module_class.__name__
     parser.add_argument("--ckpt_path", required=True, help=f"a {name} checkpoint (written by fit)")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--output", required=True, help="the file to write: .onnx, or .pte with --format executorch")
     parser.add_argument("--image", required=True, help="a real image (any format datamodules reads) for the parity check")
+    parser.add_argument("--format", choices=list(FORMAT_SUFFIXES), default="onnx",
+                        help="onnx (onnxruntime, dynamic batch) or executorch (.pte, XNNPACK delegate, batch 1)")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
+                        help="int8: post-training static quantization calibrated on training images (needs --config)")
+    parser.add_argument("--config", default=None,
+                        help="the training run's config.yaml (beside its logs): calibration images from its training "
+                             "split, and the validation metric of the float graph and the int8 file in the report")
+    parser.add_argument("--calibration_images", type=int, default=200, help="training images to calibrate int8 on")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for the latency in the report")
     parser.add_argument("--opset", type=int, default=18)
     task.add_arguments(parser)
-    args = parser.parse_args(argv)
-    for option in ("ckpt_path", "image"):
+
+
+def check_export_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for option in ("ckpt_path", "image") + (("config",) if args.config else ()):
         if not Path(getattr(args, option)).is_file():
             parser.error(f"--{option} {getattr(args, option)}: no such file")
+    suffix = FORMAT_SUFFIXES[args.format]
+    if Path(args.output).suffix != suffix:
+        parser.error(f"--output {args.output}: --format {args.format} writes a {suffix} file")
+    if args.quantize == "int8" and not args.config:
+        parser.error("--quantize int8 needs --config, the training run's config.yaml (its training images calibrate)")
 
-    module = load_module_checkpoint(task.module_class, args.ckpt_path, **task.load_overrides(args))
+
+def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -> ExportResult:
+    """Export a checkpoint (ONNX or ExecuTorch, float or int8), check the file in its runtime on
+    ``--image`` and its mirror, measure it and write its report beside it (``<file>.json``);
+    print both. Exits with a message when a float file disagrees with PyTorch."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    add_export_arguments(parser, task)
+    args = parser.parse_args(argv)
+    check_export_arguments(parser, args)
+    if args.format == "executorch" or args.quantize == "int8":  # before any work: a missing extra says so at once
+        require_extra("mobile", "executorch.exir", f"--format {args.format} --quantize {args.quantize}")
+
+    module = load_module_checkpoint(task.module_class, args.ckpt_path, **task.load_overrides(args)).eval()
     graph = task.graph(module, args).eval()
     size = task.image_size(module, args)
     outputs = task.output_names(args)
-    path = export_onnx(graph, args.output, size, list(outputs), opset_version=args.opset)
-    print(describe_export(path, (3, *size), [f"{name} {shape}" for name, shape in outputs.items()]))
+    datamodule = None
+    if args.config:
+        from datamodules.check import datamodule_from_config  # the run's datamodule, as `datamodules.check` builds it
 
+        datamodule = datamodule_from_config(Path(args.config))
+    calibration = calibration_set(datamodule, args.calibration_images, size) if args.quantize == "int8" else None
+    quantized_modules = task.quantized_modules(graph, args)
+    path = Path(args.output)
+    if args.format == "executorch":
+        export_executorch(graph, path, size, None if calibration is None else calibration.images, quantized_modules)
+    elif calibration is None:
+        export_onnx(graph, path, size, list(outputs), opset_version=args.opset)
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            float_path = export_onnx(graph, Path(folder) / path.name, size, list(outputs), opset_version=args.opset)
+            quantize_onnx(float_path, path, calibration.images, quantized_modules)
+    print(describe_export(path, (3, *size), [f"{name} {shape}" for name, shape in outputs.items()]))
+    if calibration is not None:
+        print(f"int8: {calibration.summary()}" + "".join(f"\n  skipped {line}" for line in calibration.skipped))
+
+    exported = load_exported(path, threads=args.threads)
     images = load_parity_batch(args.image, size)
     with torch.no_grad():
         reference = graph(images)
     reference = reference if isinstance(reference, tuple) else (reference,)
-    parity = task.parity(reference, run_onnx(path, images), args)
-    print(f"onnxruntime vs PyTorch on {args.image} (+ mirror, batch 2): {parity.summary}")
-    if not parity.passed:
-        raise SystemExit(f"{path}: onnxruntime disagrees with PyTorch")
-    return parity
+    results = [output.numpy() for output in exported(images)]
+    runtime = RUNTIMES[args.format]
+    if calibration is None:
+        parity = task.parity(reference, results, args)
+        print(f"{runtime} vs PyTorch on {args.image} (+ mirror): {parity.summary}")
+        if not parity.passed:
+            raise SystemExit(f"{path}: {runtime} disagrees with PyTorch")
+    else:
+        parity = task.quantized_parity(reference, results, args)
+        print(f"int8 {runtime} vs float PyTorch on {args.image} (+ mirror): {parity.summary}")
+
+    report = measure(task, module, graph, exported, datamodule, calibration, parity, args)
+    print(f"report {write_report(path, report)}: {json.dumps(report)}")
+    return ExportResult(parity.passed, parity.summary, path, report)
+
+
+def measure(
+    task: TaskExport,
+    module: TaskModule,
+    graph: nn.Module,
+    exported: ExportedGraph,
+    datamodule: Any,
+    calibration: CalibrationSet | None,
+    parity: Parity,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The report of a written file (``engine.export_report``): ``format``, ``quantization``,
+    ``size_bytes``, ``metric_name``, ``float`` and ``quantized`` (the validation metric of the
+    float PyTorch graph and of the int8 file, at the export size; None without ``--config``),
+    ``latency_ms`` (median, batch 1, ``--threads``), and how it was made."""
+    metric_name = task.metric_name(module)
+    report: dict[str, Any] = {
+        "format": args.format,
+        "quantization": None if calibration is None else "int8",
+        "size_bytes": exported.path.stat().st_size,
+        "metric_name": metric_name,
+        "float": None,
+        "quantized": None,
+        "latency_ms": round(exported.latency_ms(), 2),
+        "threads": args.threads,
+        "input_shape": [exported.batch or "N", 3, *exported.image_size],
+        "checkpoint": str(args.ckpt_path),
+        "parity": parity.summary,
+    }
+    if calibration is not None:
+        report["calibration"] = {"images": len(calibration.images), "requested": calibration.requested,
+                                 "skipped": len(calibration.skipped), "skipped_files": calibration.skipped}
+    if datamodule is not None:
+        def on_graph(images: torch.Tensor) -> list[torch.Tensor]:
+            outputs = graph(images)
+            return list(outputs) if isinstance(outputs, tuple) else [outputs]
+
+        float_metrics = evaluate_with(module, task.evaluation_model(module, on_graph, exported.image_size, args), datamodule)
+        report.update({"float": float_metrics.get(metric_name), "float_metrics": float_metrics})
+        if calibration is not None:
+            quantized = evaluate_with(module, task.evaluation_model(module, exported, exported.image_size, args), datamodule)
+            report.update({"quantized": quantized.get(metric_name), "quantized_metrics": quantized})
+    return report

@@ -1,10 +1,11 @@
-"""Export checks shared by ``ssdlite export`` and ``deeplab-mobile export``: run a written ONNX
-file in onnxruntime on a real image and compare its outputs with PyTorch's.
+"""Export checks shared by every task's ``export``: run a written file in its runtime on a real
+image and compare its outputs with PyTorch's (float exports), or with the float graph's under a
+looser rule (int8: ``compare_detection_matches``, ``compare_label_maps`` at 98%).
 
-Both commands check the same way: load one image upright as RGB (``datamodules.image_io``), resize
+Every task checks the same way: load one image upright as RGB (``datamodules.image_io``), resize
 it to the export size, run a batch of two (the image and its mirror, so a dynamic batch axis
-is exercised) through PyTorch and onnxruntime, and compare with a task rule:
-``compare_top_detections`` or ``compare_label_maps``.
+is exercised; an ExecuTorch program runs them one at a time) through PyTorch and the runtime,
+and compare with a task rule: ``compare_top_detections`` or ``compare_label_maps``.
 """
 
 from __future__ import annotations
@@ -26,14 +27,20 @@ class Parity:
     summary: str
 
 
-def load_parity_batch(image_path: str | Path, image_size: tuple[int, int]) -> torch.Tensor:
-    """``2 x 3 x H x W`` float32 in [0, 1]: the image at ``path`` resized to ``image_size = (H, W)``
-    and its left-right mirror (two different images, so a batch mix-up would show)."""
+def image_tensor(image_path: str | Path, image_size: tuple[int, int]) -> torch.Tensor:
+    """``3 x H x W`` float32 in [0, 1]: the image at ``path`` (upright RGB) resized to
+    ``image_size = (H, W)``, as an exported graph takes it; ``DataProblem`` when unreadable."""
     from datamodules.image_io import read_image  # datamodules pulls in Lightning: only when checking
 
     height, width = image_size
     image = cv2.resize(read_image(image_path), (width, height), interpolation=cv2.INTER_LINEAR)
-    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255)
+    return torch.from_numpy(image).permute(2, 0, 1).float().div(255)
+
+
+def load_parity_batch(image_path: str | Path, image_size: tuple[int, int]) -> torch.Tensor:
+    """``2 x 3 x H x W`` float32 in [0, 1]: the image at ``path`` resized to ``image_size = (H, W)``
+    and its left-right mirror (two different images, so a batch mix-up would show)."""
+    tensor = image_tensor(image_path, image_size)
     return torch.stack([tensor, tensor.flip(-1)])
 
 
@@ -89,6 +96,37 @@ def compare_label_maps(torch_labels: torch.Tensor, onnx_labels: np.ndarray, min_
         passed,
         f"same label on {agreement:.6%} of {torch_labels.numel()} pixels in {len(torch_labels)} images "
         f"(need > {min_agreement:.1%}): {'OK' if passed else 'FAILED'}",
+    )
+
+
+def compare_detection_matches(
+    reference: Sequence[dict[str, torch.Tensor]],
+    detections: Sequence[dict[str, torch.Tensor]],
+    top_k: int = 10,
+    min_iou: float = 0.9,
+    min_matched: int = 8,
+) -> Parity:
+    """Match each image's ``top_k`` best reference detections (dicts of ``boxes`` ``K x 4`` xyxy,
+    ``scores`` ``K`` descending, ``labels`` ``K``, as ``ssdlite.postprocess.select_detections``
+    gives) to detections of the same class at IoU >= ``min_iou``; passes when every image
+    matches at least ``min_matched`` of ``top_k`` (the same share when it has fewer)."""
+    from torchvision.ops import box_iou
+
+    lines, passed = [], True
+    for ref, det in zip(reference, detections):
+        count = min(top_k, len(ref["scores"]))
+        if count == 0:
+            continue
+        iou = box_iou(ref["boxes"][:count], det["boxes"]) if len(det["boxes"]) else torch.zeros(count, 0)
+        same_class = ref["labels"][:count, None] == det["labels"][None, :]
+        matched = int(((iou >= min_iou) & same_class).any(dim=1).sum())
+        needed = -(-min_matched * count // top_k)  # ceil
+        passed &= matched >= needed
+        lines.append(f"{matched}/{count}")
+    return Parity(
+        passed,
+        f"top {top_k} detections matched at IoU >= {min_iou:g} (same class) per image: {', '.join(lines) or 'none'} "
+        f"(need {min_matched} of {top_k}): {'OK' if passed else 'FAILED'}",
     )
 
 

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from engine import Parity, TaskExport
 from engine import export_onnx as export_graph
-from engine.parity import compare_top_detections
+from engine.parity import compare_detection_matches, compare_top_detections
 
 from .model import SSDLite
+from .postprocess import select_detections
 from .module import SSDLiteModule
 
 OUTPUTS = {"boxes": "N x A x 4 (xyxy px)", "scores": "N x A x C"}
@@ -46,6 +48,31 @@ def export_onnx(model: SSDLite, path: str | Path, image_size: int = 320, opset_v
     return export_graph(DecodedDetections(model), path, (image_size, image_size), list(OUTPUTS), opset_version)
 
 
+class ExportedDetector(nn.Module):
+    """``SSDLite`` in eval mode, computed by an exported graph: ``images`` ``N x 3 x h x w`` in
+    [0, 1] (any size) are resized to the export size, ``run`` gives their decoded boxes and
+    scores, boxes are scaled back to the input's pixels and ``select`` (the model's thresholds,
+    NMS and top-k) keeps the detections. Returns per image ``boxes`` ``K x 4`` xyxy in input
+    pixels, ``scores``, ``labels``."""
+
+    def __init__(
+        self,
+        run: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+        image_size: tuple[int, int],
+        select: Callable[[torch.Tensor, torch.Tensor], list[dict[str, torch.Tensor]]],
+    ) -> None:
+        super().__init__()
+        self.run, self.image_size, self.select = run, image_size, select
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        (height, width), (export_h, export_w) = images.shape[-2:], self.image_size
+        if (height, width) != self.image_size:
+            images = F.interpolate(images, self.image_size, mode="bilinear", align_corners=False)
+        boxes, scores = self.run(images)
+        scale = boxes.new_tensor([width / export_w, height / export_h, width / export_w, height / export_h])
+        return self.select(boxes * scale, scores)
+
+
 class SSDLiteExport(TaskExport):
     module_class = SSDLiteModule
 
@@ -65,3 +92,33 @@ class SSDLiteExport(TaskExport):
 
     def parity(self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace) -> Parity:
         return compare_top_detections(*reference, *exported, top_k=args.top_k)
+
+    def quantized_parity(
+        self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace
+    ) -> Parity:
+        # Detections as the caller keeps them (NMS with the library's defaults), not raw anchors:
+        # int8 may reorder near-equal anchors of one object.
+        boxes, scores = (torch.as_tensor(output) for output in exported)
+        return compare_detection_matches(select_detections(*reference), select_detections(boxes, scores))
+
+    def quantized_modules(self, graph: nn.Module, args: argparse.Namespace) -> list[str]:
+        # The backbone, extras and the head's depthwise layers. The 1 x 1 predictors stay float:
+        # their outputs (class logits, whose range is wide, and box offsets) are concatenated over all
+        # feature maps into one tensor that int8 would give one scale; so does the box decoding,
+        # which works in pixels.
+        head = graph.model.head
+        return ["model.features"] + [
+            f"model.head.{branch}.{i}.0" for branch in ("classification", "regression") for i in range(len(getattr(head, branch)))
+        ]
+
+    def metric_name(self, module: SSDLiteModule) -> str:
+        return "ap50_voc07" if module.hparams.metric == "voc07" else "map_50"
+
+    def evaluation_model(
+        self,
+        module: SSDLiteModule,
+        run: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+        image_size: tuple[int, int],
+        args: argparse.Namespace,
+    ) -> nn.Module:
+        return ExportedDetector(run, image_size, module.model.select)

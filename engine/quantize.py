@@ -1,0 +1,111 @@
+"""Post-training static int8 quantization, calibrated on the same images for both runtimes.
+
+- ExecuTorch: PT2E (``torchao``) with the XNNPACK quantizer: int8 activations (histogram
+  observers, per tensor) and symmetric per-channel int8 weights, the layout XNNPACK's int8
+  kernels take (per-tensor weights can collapse MobileNets' depthwise layers);
+- ONNX: onnxruntime's static QDQ quantization: uint8 activations (min / max, per tensor) and
+  per-channel int8 weights.
+
+A task may keep part of its graph in float (``TaskExport.quantized_modules``): SSDLite's box
+decoding works in pixels, which int8 cannot hold to a pixel, and its predictor outputs share
+one scale across feature maps once concatenated.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .extras import require_extra
+
+# Calibration images per forward pass: histogram observers cost per call, not per image.
+CALIBRATION_BATCH = 16
+
+
+def quantize_pt2e(graph: nn.Module, calibration: torch.Tensor, modules: Sequence[str] | None = None) -> nn.Module:
+    """``graph`` (deployable, eval mode) exported, observed on ``calibration`` (``K x 3 x H x W``
+    images in [0, 1]) and converted to int8 (quantize / dequantize nodes around int8 ops, which
+    XNNPACK lowers to its int8 kernels). ``modules``: the submodule names quantized (None: all)."""
+    require_extra("mobile", "torchao.quantization.pt2e.quantize_pt2e", "--quantize int8 (ExecuTorch)")
+    require_extra("mobile", "executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "--quantize int8 (ExecuTorch)")
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = XNNPACKQuantizer()
+    if modules is None:
+        quantizer.set_global(config)
+    for name in modules or ():
+        quantizer.set_module_name(name, config)
+    batches = calibration.split(CALIBRATION_BATCH)
+    # A dynamic batch while observing (calibration in batches); the program is re-exported at batch 1.
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        exported = torch.export.export(graph, (batches[0],), dynamic_shapes=({0: batch},))
+        prepared = prepare_pt2e(exported.module(), quantizer)
+        for images in batches:
+            prepared(images)
+    return convert_pt2e(prepared)
+
+
+class _CalibrationReader:
+    """onnxruntime's ``CalibrationDataReader``: one ``{input: 1 x 3 x H x W}`` feed at a time."""
+
+    def __init__(self, input_name: str, calibration: torch.Tensor) -> None:
+        self.input_name = input_name
+        self.images = calibration
+        self.feeds: Iterator[dict] = self._feeds()
+
+    def _feeds(self) -> Iterator[dict]:
+        for images in self.images.split(CALIBRATION_BATCH):
+            yield {self.input_name: images.numpy()}
+
+    def get_next(self) -> dict | None:
+        return next(self.feeds, None)
+
+    def rewind(self) -> None:
+        self.feeds = self._feeds()
+
+
+def onnx_nodes_in(model_path: str | Path, modules: Sequence[str]) -> list[str]:
+    """Names of the nodes of an ONNX file written by torch's exporter that sit inside one of the
+    submodules ``modules`` (the exporter records each node's module path, ``name_scopes``)."""
+    import onnx
+
+    nodes = []
+    for node in onnx.load(str(model_path)).graph.node:
+        scopes = next((ast.literal_eval(p.value) for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), [])
+        if any(scope == name or scope.startswith(name + ".") for scope in scopes for name in modules):
+            nodes.append(node.name)
+    return nodes
+
+
+def quantize_onnx(
+    float_path: str | Path, path: str | Path, calibration: torch.Tensor, modules: Sequence[str] | None = None
+) -> Path:
+    """Write to ``path`` the int8 QDQ version of the float ONNX file ``float_path``, calibrated on
+    ``calibration`` (``K x 3 x H x W`` in [0, 1]); ``modules``: the submodules quantized (None: all)."""
+    quantization = require_extra("export", "onnxruntime.quantization", "--quantize int8 (ONNX)")
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
+    reader = _CalibrationReader(session.get_inputs()[0].name, calibration)
+    quantization.quantize_static(
+        str(float_path),
+        str(path),
+        reader,
+        quant_format=quantization.QuantFormat.QDQ,
+        activation_type=quantization.QuantType.QUInt8,  # onnxruntime's x86 int8 kernels take uint8 activations
+        weight_type=quantization.QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=quantization.CalibrationMethod.MinMax,
+        nodes_to_quantize=None if modules is None else onnx_nodes_in(float_path, modules),
+    )
+    return Path(path)
