@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.fx import Node
 
 from .extras import require_extra
 
@@ -38,12 +39,20 @@ def quantize_pt2e(graph: nn.Module, calibration: torch.Tensor, modules: Sequence
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    config = get_symmetric_quantization_config(is_per_channel=True)
-    quantizer = XNNPACKQuantizer()
-    if modules is None:
-        quantizer.set_global(config)
-    for name in modules or ():
-        quantizer.set_module_name(name, config)
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    class Quantizer(XNNPACKQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            # XNNPACK's cat annotator ignores the filter: mark the cats outside it as done, unquantized.
+            for node in model.graph.nodes:
+                if node.target == torch.ops.aten.cat.default and self.filter_fn and not self.filter_fn(node):
+                    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+            return super().annotate(model)
+
+    quantizer = Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    if modules is not None:
+        quantizer.set_filter_function(inside_modules(modules))
     batches = calibration.split(CALIBRATION_BATCH)
     # A dynamic batch while observing (calibration in batches); the program is re-exported at batch 1.
     batch = torch.export.Dim("batch", min=1)
@@ -53,6 +62,20 @@ def quantize_pt2e(graph: nn.Module, calibration: torch.Tensor, modules: Sequence
         for images in batches:
             prepared(images)
     return convert_pt2e(prepared)
+
+
+def inside_modules(modules: Sequence[str]) -> Callable[[Node], bool]:
+    """A quantizer filter: True for graph nodes computed inside one of the submodules ``modules``
+    (by the module path ``torch.export`` records), and for the nodes that record none (weights
+    and biases, which a pattern such as conv + weight also checks)."""
+
+    def inside(node: Node) -> bool:
+        stack = node.meta.get("nn_module_stack")
+        if node.op != "call_function" or not stack:
+            return True
+        return any(path == name or path.startswith(name + ".") for path, _ in stack.values() for name in modules)
+
+    return inside
 
 
 class _CalibrationReader:
