@@ -10,13 +10,17 @@ as ``deeplab-mobile export`` gives them, all from one backbone pass.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from deeplab_mobile.export import ExportedSegmenter
 from engine import Parity, TaskExport
-from engine.parity import compare_label_maps, compare_top_detections
+from engine.parity import compare_detection_matches, compare_label_maps, compare_top_detections
+from ssdlite.export import ExportedDetector
+from ssdlite.postprocess import select_detections
 
 from .model import MultiTaskModel
 from .module import MultiTaskModule
@@ -37,6 +41,36 @@ class JointOutputs(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         boxes, scores, logits = self.model.decode(images)
         return boxes, scores, logits.argmax(dim=1) if self.labels else logits
+
+
+class ExportedJoint(nn.Module):
+    """``MultiTaskModel`` in eval mode, computed by an exported graph (``run``: images at
+    ``image_size`` -> boxes, scores, logits or labels), for the metric of an exported file:
+    detections as ``ssdlite.export.ExportedDetector`` gives them, segmentation as
+    ``deeplab_mobile.export.ExportedSegmenter`` does, from one run of the graph."""
+
+    def __init__(
+        self,
+        run: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+        image_size: tuple[int, int],
+        select: Callable[[torch.Tensor, torch.Tensor], list[dict[str, torch.Tensor]]],
+        num_seg_classes: int,
+    ) -> None:
+        super().__init__()
+        self.run, self.image_size = run, image_size
+        self._outputs: Sequence[torch.Tensor] = ()
+        self.detector = ExportedDetector(lambda images: self._outputs[:2], image_size, select)
+        self.segmenter = ExportedSegmenter(lambda images: self._outputs[2:], image_size, num_seg_classes)
+
+    def forward(self, images: torch.Tensor) -> dict[str, Any]:
+        resized = images
+        if tuple(images.shape[-2:]) != self.image_size:
+            resized = F.interpolate(images, self.image_size, mode="bilinear", align_corners=False)
+        self._outputs = self.run(resized)
+        try:
+            return {"detections": self.detector(images), "segmentation": self.segmenter(images)}
+        finally:
+            self._outputs = ()
 
 
 class MultiTaskExport(TaskExport):
@@ -67,3 +101,38 @@ class MultiTaskExport(TaskExport):
         else:
             masks = compare_label_maps(segmentation, exported_segmentation)
         return Parity(detection.passed and masks.passed, f"detection: {detection.summary}; segmentation: {masks.summary}")
+
+    def quantized_parity(
+        self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace
+    ) -> Parity:
+        boxes, scores, segmentation = reference
+        exported_boxes, exported_scores, exported_segmentation = (torch.as_tensor(output) for output in exported)
+        detection = compare_detection_matches(
+            select_detections(boxes, scores), select_detections(exported_boxes, exported_scores)
+        )
+        if args.output_kind == "logits":
+            segmentation, exported_segmentation = segmentation.argmax(dim=1), exported_segmentation.argmax(dim=1)
+        masks = compare_label_maps(segmentation, exported_segmentation.numpy(), min_agreement=0.98)
+        return Parity(detection.passed and masks.passed, f"detection: {detection.summary}; segmentation: {masks.summary}")
+
+    def quantized_modules(self, graph: nn.Module, args: argparse.Namespace) -> list[str]:
+        # As SSDLite's (ssdlite.export): the backbone, extras and head depthwise layers, not the
+        # 1 x 1 box and class predictors; and the whole segmentation head, as DeepLab's.
+        head = graph.model.detector.head
+        return ["model.detector.features", "model.segmenter"] + [
+            f"model.detector.head.{branch}.{i}.0"
+            for branch in ("classification", "regression")
+            for i in range(len(getattr(head, branch)))
+        ]
+
+    def metric_name(self, module: MultiTaskModule) -> str:
+        return "score"
+
+    def evaluation_model(
+        self,
+        module: MultiTaskModule,
+        run: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+        image_size: tuple[int, int],
+        args: argparse.Namespace,
+    ) -> nn.Module:
+        return ExportedJoint(run, image_size, module.model.detector.select, module.hparams.num_seg_classes)

@@ -1,7 +1,8 @@
-"""``make demo``: both models trained, evaluated, shown and exported on the embedded dataset.
+"""``make demo``: the three models trained, evaluated, shown and exported on the embedded dataset.
 
-Everything goes through the commands a user runs (``ssdlite`` / ``deeplab-mobile`` with the
-shapes configs, called in-process through their ``main``) and lands in one run folder::
+Everything goes through the commands a user runs (``ssdlite`` / ``deeplab-mobile`` /
+``multitask`` with the shapes configs, called in-process through their ``main``) and lands in
+one run folder::
 
     runs/demo/data/shapes/            the embedded dataset (COCO + VOC layouts), made once
     runs/demo/<task>/checkpoints/     best and last checkpoints
@@ -32,15 +33,20 @@ from torchvision.utils import make_grid
 
 from datamodules.shapes import generate_shapes
 from deeplab_mobile import cli as deeplab_cli
+from multitask import cli as multitask_cli
 from ssdlite import cli as ssdlite_cli
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ("ssdlite", "deeplab")
-CONFIGS = {"ssdlite": REPO / "configs" / "ssdlite_shapes.yaml", "deeplab": REPO / "configs" / "deeplab_shapes.yaml"}
-MONITOR = {"ssdlite": "val/map", "deeplab": "val/mIoU"}
+TASKS = ("ssdlite", "deeplab", "multitask")
+CONFIGS = {task: REPO / "configs" / f"{task}_shapes.yaml" for task in TASKS}
+MONITOR = {"ssdlite": "val/map", "deeplab": "val/mIoU", "multitask": "val/score"}
+PICTURE_SUFFIX = {"ssdlite": "_boxes.jpg", "deeplab": "_overlay.jpg", "multitask": "_joint.jpg"}
 GRID_IMAGES = 8
 GRID_CELL = 256  # pictures differ in size: each is resized to a square cell of the grid
 
+# The joint model's training (configs/multitask_shapes.yaml, shortened): what fits the demo's
+# 15 minutes beside the single-task runs.
+MULTITASK_EPOCHS = 18
 # About 7 + 2.5 minutes of training on two cores: the shapes configs' recipes (SSDLite at 224 px
 # with its backbone frozen up to stride 16), shortened to 648 and 150 iterations.
 FULL = {
@@ -49,6 +55,7 @@ FULL = {
     "image_sizes": (320, 480),  # shortest and longest side of the generated images
     "ssdlite": {"trainer": {"max_epochs": 54, "check_val_every_n_epoch": 18}, "model": {}},
     "deeplab": {"trainer": {"max_steps": 150, "check_val_every_n_epoch": 3}, "model": {}},
+    "multitask": {"trainer": {"max_epochs": MULTITASK_EPOCHS, "check_val_every_n_epoch": MULTITASK_EPOCHS}, "model": {}},
     "ssdlite_export_size": None,  # the checkpoint's training size
     "deeplab_export_size": [513, 513],  # 16 k + 1: the model's own geometry, no padding inside
 }
@@ -62,6 +69,9 @@ TINY = {
     "deeplab": {"trainer": {"max_steps": 2, "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0},
                 "model": {"width_mult": 0.35, "pretrained_backbone": False},
                 "data": {"crop_size": 64, "batch_size": 4, "num_workers": 0}},
+    "multitask": {"trainer": {"max_epochs": 1, "check_val_every_n_epoch": 1, "num_sanity_val_steps": 0},
+                  "model": {"width_mult": 0.35, "pretrained_backbone": False},
+                  "data": {"image_size": 96, "batch_size": 4, "num_workers": 0}},
     "ssdlite_export_size": None,
     "deeplab_export_size": [96, 128],
 }
@@ -92,7 +102,7 @@ def task_overrides(task: str, out: Path, data_root: Path, settings: dict[str, An
             **settings[task]["trainer"],
         },
         "model": {"prediction_dir": str(task_dir / "predictions"), **settings[task]["model"]},
-        "data": {"init_args": {"root": str(data_root / "coco" if task == "ssdlite" else data_root),
+        "data": {"init_args": {"root": str(data_root / "coco" if task == "ssdlite" else data_root),  # others: VOC layout
                                **settings[task].get("data", {})}},
     }
     if task == "ssdlite":
@@ -144,8 +154,7 @@ def run_task(
     metrics = {k: round(float(v), 4) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
     main(["predict", *configs, f"--ckpt_path={checkpoint}", f"--data.predict_path={sample}"])
 
-    suffix = "_boxes.jpg" if task == "ssdlite" else "_overlay.jpg"
-    pictures = sorted((task_dir / "predictions").glob(f"*{suffix}"))
+    pictures = sorted((task_dir / "predictions").glob(f"*{PICTURE_SUFFIX[task]}"))
     grid = save_grid(pictures[:GRID_IMAGES], out / f"{task}_val_grid.jpg")
     return {
         "fit_seconds": round(fit_seconds, 1),
@@ -180,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_folder": str(out), "data": str(data_root)}
     summary["ssdlite"] = run_task("ssdlite", ssdlite_cli.main, out, data_root, sample, settings)
     summary["deeplab"] = run_task("deeplab", deeplab_cli.main, out, data_root, sample, settings)
+    summary["multitask"] = run_task("multitask", multitask_cli.main, out, data_root, sample, settings)
 
     size = settings["ssdlite_export_size"]
     parity = ssdlite_cli.main(
@@ -192,6 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
          "--image_size", *map(str, settings["deeplab_export_size"])]
     )  # fmt: skip
     summary["deeplab"].update(onnx=str(out / "deeplab.onnx"), onnx_parity=parity.summary)
+    parity = multitask_cli.main(
+        ["export", "--ckpt_path", summary["multitask"]["checkpoint"], "--output", str(out / "multitask.onnx"),
+         "--image", parity_image]
+    )  # fmt: skip
+    summary["multitask"].update(onnx=str(out / "multitask.onnx"), onnx_parity=parity.summary)
 
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -200,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    ssd, seg = summary["ssdlite"], summary["deeplab"]
+    ssd, seg, joint = summary["ssdlite"], summary["deeplab"], summary["multitask"]
     lines = [
         "",
         f"Demo finished in {summary['wall_seconds'] / 60:.1f} min; everything is under {summary['run_folder']}",
@@ -208,9 +223,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"mAP@0.5 {ssd['metrics'].get('val/map_50', float('nan')):.3f} (training {ssd['fit_seconds'] / 60:.1f} min)",
         f"  Mobile DeepLabv3 val mIoU {seg['metrics'].get('val/mIoU', float('nan')):.3f}, "
         f"pixel accuracy {seg['metrics'].get('val/pixel_accuracy', float('nan')):.3f} (training {seg['fit_seconds'] / 60:.1f} min)",
-        f"  pictures         {ssd['grid']}, {seg['grid']} (one per image in <task>/predictions/)",
+        f"  Joint (one pass) val mAP {joint['metrics'].get('val/map', float('nan')):.3f}, "
+        f"mAP@0.5 {joint['metrics'].get('val/map_50', float('nan')):.3f}, "
+        f"mIoU {joint['metrics'].get('val/mIoU', float('nan')):.3f} (training {joint['fit_seconds'] / 60:.1f} min)",
+        f"  pictures         {ssd['grid']}, {seg['grid']}, {joint['grid']} (one per image in <task>/predictions/)",
         f"  ONNX             {ssd['onnx']}: {ssd['onnx_parity']}",
         f"                   {seg['onnx']}: {seg['onnx_parity']}",
+        f"                   {joint['onnx']}: {joint['onnx_parity']}",
         f"  metrics          <task>/logs/version_*/metrics.csv; tensorboard --logdir {summary['run_folder']}",
         f"  summary          {summary['run_folder']}/summary.json",
     ]

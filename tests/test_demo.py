@@ -1,5 +1,5 @@
 """``make demo`` in reduced form: ``scripts/demo.py --tiny`` generates data, runs fit / validate /
-predict of both commands, draws grids, exports ONNX and summarises; the run folder holds it all."""
+predict of the three commands, draws grids, exports ONNX and summarises; the run folder holds it all."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def demo(tmp_path_factory):
     return tiny_demo_run(tmp_path_factory)
 
 
-@pytest.mark.parametrize("task, metric", [("ssdlite", "val/map"), ("deeplab", "val/mIoU")])
+@pytest.mark.parametrize("task, metric", [("ssdlite", "val/map"), ("deeplab", "val/mIoU"), ("multitask", "val/score")])
 def test_run_folder_holds_checkpoints_logs_config_and_pictures(demo, task, metric):
     run = Path(demo["run_folder"])
     result = demo[task]
@@ -29,7 +29,7 @@ def test_run_folder_holds_checkpoints_logs_config_and_pictures(demo, task, metri
     assert list((run / task / "tensorboard").rglob("events.out.tfevents.*")), "no TensorBoard events"
 
     samples = sorted((run / "val_sample").glob("*.jpg"))
-    suffix = "_boxes.jpg" if task == "ssdlite" else "_overlay.jpg"
+    suffix = {"ssdlite": "_boxes.jpg", "deeplab": "_overlay.jpg", "multitask": "_joint.jpg"}[task]
     for sample in samples:  # one picture per image, at the image's own size
         assert Image.open(run / task / "predictions" / f"{sample.stem}{suffix}").size == Image.open(sample).size
     grid = Image.open(result["grid"])
@@ -46,7 +46,7 @@ def test_detection_results_are_an_official_coco_results_file(demo):
 
 def test_summary_names_metrics_and_where_the_outputs_are(demo):
     assert "val mAP" in demo["stdout"] and "val mIoU" in demo["stdout"]
-    assert demo["ssdlite"]["grid"] in demo["stdout"] and demo["deeplab"]["grid"] in demo["stdout"]
+    assert all(demo[task]["grid"] in demo["stdout"] for task in ("ssdlite", "deeplab", "multitask"))
     written = json.loads((Path(demo["run_folder"]) / "summary.json").read_text())
     assert written["wall_seconds"] == demo["wall_seconds"]
     assert f"Demo finished in {demo['wall_seconds'] / 60:.1f} min" in demo["stdout"]

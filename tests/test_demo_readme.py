@@ -22,14 +22,17 @@ from engine import cli as task_cli
 from engine.host_memory import POLICY_ENV
 from deeplab_mobile.cli import main as deeplab_main
 from demo_run import REPO, tiny_demo_run
+from multitask.cli import main as multitask_main
 from ssdlite.cli import main as ssdlite_main
 
-MAINS = {"ssdlite": ssdlite_main, "deeplab-mobile": deeplab_main}
+MAINS = {"ssdlite": ssdlite_main, "deeplab-mobile": deeplab_main, "multitask": multitask_main}
 TINY = {
     "ssdlite": ["--model.width_mult=0.35", "--model.pretrained_backbone=false",
                 "--data.image_size=96", "--data.batch_size=2", "--data.eval_batch_size=2", "--data.num_workers=0"],
     "deeplab-mobile": ["--model.width_mult=0.35", "--model.pretrained_backbone=false", "--data.crop_size=64",
                        "--data.batch_size=2", "--data.eval_batch_size=2", "--data.num_workers=0"],
+    "multitask": ["--model.width_mult=0.35", "--model.pretrained_backbone=false",
+                  "--data.image_size=96", "--data.batch_size=2", "--data.eval_batch_size=2", "--data.num_workers=0"],
 }
 QUIET = ["--trainer.enable_progress_bar=false"]  # logs go to runs/ under the test folder
 
@@ -156,8 +159,8 @@ def test_readme_training_commands_run(demo, tmp_path, monkeypatch):
                 scoped.setenv(name, value)
             MAINS[tool]([step, *args, *extra])
         ran.append(f"{tool} {step}")
-    # own data (COCO json, YOLO, VOC XML), another backbone, own segmentation data, resume,
-    # gradient checkpointing, host memory, decoded cache
-    expected = ["ssdlite fit"] * 4 + ["deeplab-mobile fit"] + ["ssdlite fit"] * 3
+    # own data (COCO json, YOLO, VOC XML), another backbone, own segmentation data, the joint
+    # model (shapes, own data), resume, gradient checkpointing, host memory, decoded cache
+    expected = ["ssdlite fit"] * 4 + ["deeplab-mobile fit", "multitask fit", "multitask fit"] + ["ssdlite fit"] * 3
     assert ran == [*expected, "deeplab-mobile fit"], ran
     assert host_memory.count("fast") == 1, host_memory
