@@ -148,7 +148,7 @@ class Predictor:
         are not needed."""
         checkpoint = read_checkpoint(path)
         module = load_module_checkpoint(cls.module_class, str(path), **overrides)
-        names = checkpoint_class_names(checkpoint, module.hparams.num_classes)
+        names = checkpoint_class_names(checkpoint, len(module.class_names()))
         data_hparams = checkpoint.get("datamodule_hyper_parameters")
         return cls(module, class_names=names, data_hparams=data_hparams, batch_size=batch_size, device=device)
 

@@ -2,5 +2,7 @@
 
 from .loss_weighting import LossWeighting
 from .model import MultiTaskModel, build_multitask
+from .module import MultiTaskModule
+from .predictor import load_predictor
 
-__all__ = ["LossWeighting", "MultiTaskModel", "build_multitask"]
+__all__ = ["LossWeighting", "MultiTaskModel", "MultiTaskModule", "build_multitask", "load_predictor"]

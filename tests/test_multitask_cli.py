@@ -53,3 +53,18 @@ def test_checkpoint_loads_without_imagenet_weights(tmp_path, monkeypatch):
     loaded = load_module_checkpoint(MultiTaskModule, path)
     assert isinstance(loaded.model, MultiTaskModel)
     torch.testing.assert_close(loaded.model.segmenter.classifier.weight, module.model.segmenter.classifier.weight)
+
+
+def test_python_predictor_gives_boxes_and_masks_in_image_pixels(tmp_path_factory):
+    from multitask import load_predictor
+
+    demo = tiny_demo_run(tmp_path_factory)
+    predictor = load_predictor(demo["multitask"]["checkpoint"])
+    image = next((Path(demo["run_folder"]) / "val_sample").glob("*.jpg"))
+    result = predictor(str(image))
+    width, height = Image.open(image).size
+    assert result["label_map"].shape == (height, width)
+    assert result["seg_class_names"] == ["background", *DET_CLASSES]
+    assert result["boxes"].shape[1] == 4 and len(result["class_names"]) == len(result["labels"])
+    written = np.array(Image.open(Path(demo["run_folder"]) / "multitask" / "predictions" / f"{image.stem}.png"))
+    assert (result["label_map"].numpy() == written).mean() > 0.999  # as `multitask predict` wrote it
