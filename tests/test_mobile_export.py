@@ -1,110 +1,147 @@
 """Mobile export: ExecuTorch ``.pte`` files (float parity with PyTorch), int8 for both runtimes
 with the JSON report, and the bad inputs (another task's checkpoint, unreadable calibration
-images, a missing extra, an input size the file was not exported for)."""
+images, a missing extra, an input size the file was not exported for).
+
+One end-to-end command per path, on random-weight width-0.35 checkpoints at 64 px and a
+shapes dataset of a few 64-80 px images (one training image unreadable), made once for the
+module: lowering dominates the time, so each graph is lowered once.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from lightning import LightningModule
 
+from datamodules.shapes import CLASS_NAMES, generate_shapes
+from deeplab_mobile import DeepLabModule
 from deeplab_mobile.cli import main as deeplab_main
-from demo_run import tiny_demo_run
 from engine.calibration import calibration_set
+from engine.checkpoint_checks import MODULE_CLASSES_KEY, task_classes
 from engine.export_report import report_path
 from engine.exported import InputSizeError, load_exported
 from engine.parity import compare_detection_matches
+from ssdlite import SSDLiteModule
 from ssdlite.cli import main as ssdlite_main
 
 REPORT_KEYS = {"format", "quantization", "size_bytes", "metric_name", "float", "quantized", "latency_ms"}
+SIZE = 64
+CALIBRATION = 4  # of 6 training images, spread evenly: the first, the unreadable one, is among them
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a training run leaves for ``export``: checkpoints, the resolved configs and a val image."""
+
+    ssdlite: str
+    deeplab: str
+    ssdlite_config: str
+    deeplab_config: str
+    image: str
+    unreadable: Path
+
+
+def save_checkpoint(module: LightningModule, path: Path) -> str:
+    """``module`` (random weights) as ``fit`` saves it: state dict, hyperparameters, task classes."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2.6.6", MODULE_CLASSES_KEY: task_classes(type(module))}, path)  # fmt: skip
+    return str(path)
+
+
+def save_config(data_class: str, init_args: dict, path: Path) -> str:
+    """A run's config.yaml, of which export reads the ``data`` section."""
+    path.write_text(yaml.safe_dump({"data": {"class_path": data_class, "init_args": init_args}}))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return tiny_demo_run(tmp_path_factory)
-
-
-def run_config(demo, task: str) -> str:
-    """The resolved config.yaml the tiny demo's fit wrote."""
-    return str(sorted((Path(demo["run_folder"]) / task / "logs").glob("version_*/config.yaml"))[0])
-
-
-def parity_image(demo) -> str:
-    return str(sorted((Path(demo["run_folder"]) / "val_sample").glob("*.jpg"))[0])
-
-
-@pytest.fixture(scope="module")
-def ssdlite_pte(demo, tmp_path_factory):
-    path = tmp_path_factory.mktemp("mobile") / "ssdlite.pte"
-    result = ssdlite_main(
-        ["export", "--ckpt_path", demo["ssdlite"]["checkpoint"], "--output", str(path), "--image", parity_image(demo),
-         "--format", "executorch", "--config", run_config(demo, "ssdlite")]
+def run(tmp_path_factory) -> Run:
+    folder = tmp_path_factory.mktemp("mobile_run")
+    root = generate_shapes(folder / "shapes", num_train=6, num_val=2, seed=0, min_size=SIZE, max_size=80)
+    unreadable = sorted((root / "coco" / "train2017").glob("*.jpg"))[0]
+    unreadable.write_bytes(b"not a jpeg")
+    (root / "VOCdevkit" / "VOC2012" / "JPEGImages" / unreadable.name).write_bytes(b"not a jpeg")
+    loader = {"batch_size": 2, "eval_batch_size": 2, "num_workers": 0, "pin_memory": False}
+    return Run(
+        ssdlite=save_checkpoint(SSDLiteModule(num_classes=len(CLASS_NAMES), width_mult=0.35, image_size=SIZE),
+                                folder / "ssdlite.ckpt"),
+        deeplab=save_checkpoint(DeepLabModule(num_classes=len(CLASS_NAMES) + 1, width_mult=0.35), folder / "deeplab.ckpt"),
+        ssdlite_config=save_config("datamodules.CocoDetectionDataModule",
+                                   {"root": str(root / "coco"), "image_size": SIZE, **loader}, folder / "ssdlite.yaml"),
+        deeplab_config=save_config("datamodules.VOCSegmentationDataModule",
+                                   {"root": str(root), "class_names": list(CLASS_NAMES), "crop_size": SIZE, **loader},
+                                   folder / "deeplab.yaml"),
+        image=str(sorted((root / "coco" / "val2017").glob("*.jpg"))[0]),
+        unreadable=unreadable,
     )  # fmt: skip
-    return path, result
 
 
-def test_ssdlite_executorch_float_matches_pytorch_and_reports(ssdlite_pte):
-    path, result = ssdlite_pte
+def test_ssdlite_executorch_float_matches_pytorch_reports_and_refuses_other_sizes(run, tmp_path):
+    path = tmp_path / "ssdlite.pte"
+    result = ssdlite_main(["export", "--ckpt_path", run.ssdlite, "--output", str(path), "--image", run.image,
+                           "--format", "executorch", "--config", run.ssdlite_config])  # fmt: skip
     assert result.passed and "OK" in result.summary
     report = json.loads(report_path(path).read_text())
     assert REPORT_KEYS <= set(report) and report["format"] == "executorch" and report["quantization"] is None
     assert report["size_bytes"] == path.stat().st_size and report["metric_name"] == "map_50"
     assert 0.0 <= report["float"] <= 1.0 and report["quantized"] is None and report["latency_ms"] > 0
     graph = load_exported(path)
-    assert graph.batch == 1 and graph.image_size == (96, 96)
-    boxes, scores = graph(torch.rand(3, 3, 96, 96))  # a static batch of 1: run one at a time
+    assert graph.batch == 1 and graph.image_size == (SIZE, SIZE)
+    boxes, scores = graph(torch.rand(3, 3, SIZE, SIZE))  # a static batch of 1: run one at a time
     assert boxes.shape[:2] == scores.shape[:2] and len(boxes) == 3
+    with pytest.raises(InputSizeError, match=rf"exported for images N x 3 x {SIZE} x {SIZE}; got 1 x 3 x 128 x 128"):
+        graph(torch.rand(1, 3, 128, 128))
 
 
-def test_exported_files_refuse_another_input_size(ssdlite_pte, demo):
-    with pytest.raises(InputSizeError, match=r"exported for images N x 3 x 96 x 96; got 1 x 3 x 128 x 128"):
-        load_exported(ssdlite_pte[0])(torch.rand(1, 3, 128, 128))
-    with pytest.raises(InputSizeError, match="exported for images N x 3 x 96 x 128"):
-        load_exported(demo["deeplab"]["onnx"])(torch.rand(2, 3, 64, 64))
-
-
-def test_deeplab_executorch_int8_writes_its_report(demo, tmp_path, capsys):
+def test_deeplab_executorch_int8_reports_and_counts_unreadable_calibration_images(run, tmp_path, capsys):
     path = tmp_path / "deeplab_int8.pte"
     result = deeplab_main(
-        ["export", "--ckpt_path", demo["deeplab"]["checkpoint"], "--output", str(path), "--image", parity_image(demo),
-         "--format", "executorch", "--quantize", "int8", "--config", run_config(demo, "deeplab"),
-         "--calibration_images", "4", "--image_size", "64", "96"]
+        ["export", "--ckpt_path", run.deeplab, "--output", str(path), "--image", run.image, "--format", "executorch",
+         "--quantize", "int8", "--config", run.deeplab_config, "--calibration_images", str(CALIBRATION),
+         "--image_size", str(SIZE), "96"]
     )  # fmt: skip
     report = json.loads(report_path(path).read_text())
     assert REPORT_KEYS <= set(report) and report["quantization"] == "int8" and report["metric_name"] == "mIoU"
     assert isinstance(report["float"], float) and isinstance(report["quantized"], float)
-    assert report["calibration"] == {"images": 4, "requested": 4, "skipped": 0, "skipped_files": []}
-    assert "98.0%" in result.summary and json.dumps(report) in capsys.readouterr().out
-    assert load_exported(path).image_size == (64, 96)
+    calibration = report["calibration"]
+    assert (calibration["images"], calibration["requested"], calibration["skipped"]) == (CALIBRATION - 1, CALIBRATION, 1)
+    assert run.unreadable.name in calibration["skipped_files"][0]
+    out = capsys.readouterr().out
+    assert "98.0%" in result.summary and json.dumps(report) in out and "1 unreadable skipped" in out
+    assert load_exported(path).image_size == (SIZE, 96)
 
 
-def test_ssdlite_onnx_int8_is_qdq_and_runs(demo, tmp_path):
+def test_ssdlite_onnx_int8_is_qdq_runs_and_refuses_other_sizes(run, tmp_path):
     import onnx
 
     path = tmp_path / "ssdlite_int8.onnx"
-    ssdlite_main(
-        ["export", "--ckpt_path", demo["ssdlite"]["checkpoint"], "--output", str(path), "--image", parity_image(demo),
-         "--quantize", "int8", "--config", run_config(demo, "ssdlite"), "--calibration_images", "4"]
-    )  # fmt: skip
+    ssdlite_main(["export", "--ckpt_path", run.ssdlite, "--output", str(path), "--image", run.image,
+                  "--quantize", "int8", "--config", run.ssdlite_config, "--calibration_images", str(CALIBRATION)])  # fmt: skip
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     report = json.loads(report_path(path).read_text())
     assert report["format"] == "onnx" and report["quantization"] == "int8" and isinstance(report["quantized"], float)
-    boxes, scores = load_exported(path)(torch.rand(2, 3, 96, 96))  # the ONNX batch stays dynamic
+    graph = load_exported(path)
+    boxes, scores = graph(torch.rand(2, 3, SIZE, SIZE))  # the ONNX batch stays dynamic
     assert len(boxes) == 2
+    with pytest.raises(InputSizeError, match=rf"exported for images N x 3 x {SIZE} x {SIZE}"):
+        graph(torch.rand(2, 3, 32, 32))
 
 
-def test_export_refuses_a_checkpoint_of_another_task(demo, tmp_path):
+def test_export_refuses_a_checkpoint_of_another_task(run, tmp_path):
     with pytest.raises(SystemExit, match="is a DeepLabModule checkpoint, not SSDLiteModule"):
-        ssdlite_main(["export", "--ckpt_path", demo["deeplab"]["checkpoint"], "--output", str(tmp_path / "x.pte"),
-                      "--image", parity_image(demo), "--format", "executorch"])  # fmt: skip
+        ssdlite_main(["export", "--ckpt_path", run.deeplab, "--output", str(tmp_path / "x.pte"), "--image", run.image,
+                      "--format", "executorch"])  # fmt: skip
 
 
-def test_int8_needs_a_config_and_the_suffix_fits_the_format(demo, tmp_path, capsys):
-    common = ["export", "--ckpt_path", demo["ssdlite"]["checkpoint"], "--image", parity_image(demo)]
+def test_int8_needs_a_config_and_the_suffix_fits_the_format(run, tmp_path, capsys):
+    common = ["export", "--ckpt_path", run.ssdlite, "--image", run.image]
     with pytest.raises(SystemExit):
         ssdlite_main([*common, "--output", str(tmp_path / "x.pte"), "--format", "executorch", "--quantize", "int8"])
     assert "--quantize int8 needs --config" in capsys.readouterr().err
@@ -113,11 +150,11 @@ def test_int8_needs_a_config_and_the_suffix_fits_the_format(demo, tmp_path, caps
     assert "--format executorch writes a .pte file" in capsys.readouterr().err
 
 
-def test_missing_mobile_extra_names_it(demo, tmp_path, monkeypatch):
+def test_missing_mobile_extra_names_it(run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "executorch.exir", None)  # an import of it now fails
     with pytest.raises(ImportError, match=r"pip install -e '\.\[mobile\]'"):
-        ssdlite_main(["export", "--ckpt_path", demo["ssdlite"]["checkpoint"], "--output", str(tmp_path / "x.pte"),
-                      "--image", parity_image(demo), "--format", "executorch"])  # fmt: skip
+        ssdlite_main(["export", "--ckpt_path", run.ssdlite, "--output", str(tmp_path / "x.pte"), "--image", run.image,
+                      "--format", "executorch"])  # fmt: skip
 
 
 class _Images:
@@ -141,16 +178,14 @@ class _DataModule:
         pass
 
 
-def test_unreadable_calibration_images_are_skipped_and_counted(demo, tmp_path):
-    good = sorted((Path(demo["run_folder"]) / "val_sample").glob("*.jpg"))[:3]
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"not a jpeg")
-    calibration = calibration_set(_DataModule([good[0], broken, good[1], tmp_path / "gone.jpg", good[2]]), 5, (32, 48))
-    assert calibration.images.shape == (3, 3, 32, 48) and calibration.requested == 5
-    assert len(calibration.skipped) == 2 and str(broken) in calibration.skipped[0]
+def test_unreadable_calibration_images_are_skipped_and_counted(run, tmp_path):
+    good = sorted(Path(run.image).parent.glob("*.jpg"))[:2]
+    calibration = calibration_set(_DataModule([good[0], run.unreadable, good[1], tmp_path / "gone.jpg"]), 4, (32, 48))
+    assert calibration.images.shape == (2, 3, 32, 48) and calibration.requested == 4
+    assert len(calibration.skipped) == 2 and str(run.unreadable) in calibration.skipped[0]
     assert "2 unreadable skipped" in calibration.summary()
     with pytest.raises(ValueError, match="none of the 1 calibration images"):
-        calibration_set(_DataModule([broken]), 4, (32, 48))
+        calibration_set(_DataModule([run.unreadable]), 4, (32, 48))
 
 
 def test_detection_matching_rule():
