@@ -1,5 +1,5 @@
 """Joint detection + segmentation data: each image with its boxes AND its semantic mask, both
-transformed with the image in one albumentations call (``joint_train_transform``).
+transformed with the image in one albumentations call (``ssd_train_transform``).
 
 Sources:
 
@@ -97,7 +97,7 @@ from .datasets import (
 )
 from .image_io import LoadedImage, read_list
 from .problems import DataProblem, ProblemReport
-from .transforms import joint_train_transform, ssd_eval_transform
+from .transforms import ssd_train_transform, ssd_eval_transform
 from .voc import VOC_CLASSES, is_background_name, parse_voc_xml
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class JointDataset(DetectionDataset):
 
 class BaseJointDataModule(BaseDetectionDataModule):
     """Joint data: the SSD augmentation with the mask carried along for training
-    (``joint_train_transform``), resize-only evaluation, ``S x S`` predict, detection batches.
+    (``ssd_train_transform``), resize-only evaluation, ``S x S`` predict, detection batches.
 
     Arguments: ``BaseDetectionDataModule``'s (image size, augmentation switches,
     ``keep_empty_images``, ``image_ids_from``, loaders). Subclasses call ``_set_classes`` in
@@ -208,7 +208,7 @@ class BaseJointDataModule(BaseDetectionDataModule):
         if train and not self.keep_empty_images:
             records = [r for r in records if not r.has_boxes or has_training_target(r, keep_crowd)]
         if train:
-            transform = joint_train_transform(self.image_size, fill=self.fill, **self.augment)
+            transform = ssd_train_transform(self.image_size, fill=self.fill, **self.augment)
         else:
             transform = ssd_eval_transform(self.image_size)
         return JointDataset(

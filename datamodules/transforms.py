@@ -10,7 +10,7 @@ on the image, 255 on the mask), random crop, flip. Evaluation runs on whole imag
 by the collate function.
 
 Joint detection + segmentation: the SSD pipelines carry an ``H x W`` uint8 class-index mask
-through the same call (``joint_train_transform``; evaluation: ``ssd_eval_transform``): the
+through the same call (``ssd_train_transform``; evaluation: ``ssd_eval_transform``): the
 zoom-out canvas is 255 (ignore) on the mask, crops and flips cut and mirror it as the image,
 and the resize picks each mask pixel by the same half-pixel centres bilinear samples the image
 at (``MASK_INTERPOLATION``), so boxes, image and mask stay on the same pixels.
@@ -268,6 +268,13 @@ def ssd_train_transform(
 
     ``fill``: the zoom-out canvas colour, the model's normalisation mean (``core.constants.mean_fill``).
 
+    Also the joint detection + segmentation training pipeline: called with a ``mask`` (``H x W``
+    uint8 class indices) beside ``image``, ``bboxes``, ``labels`` and ``iscrowd``, the mask
+    follows the image step by step: 255 (ignore) on the zoom-out canvas, cut by the min-IoU crop
+    and mirrored by the flip as the image, resized by ``MASK_INTERPOLATION``. The crop drops boxes
+    whose centre leaves it while their objects' mask pixels stay: the mask keeps labelling what
+    the image shows.
+
     The photometric distortion acts per pixel, so it runs last, on the small resized image,
     where it costs a fraction of what it would on the zoomed-out canvas.
     """
@@ -282,36 +289,6 @@ def ssd_train_transform(
     if photometric:
         steps.append(photometric_distortion())
     return A.Compose(steps, bbox_params=_bbox_params(min_side=1.0))
-
-
-def joint_train_transform(
-    image_size: int = 320,
-    *,
-    zoom_out: bool = True,
-    max_zoom_out: float = 4.0,
-    min_iou_crop: bool = True,
-    horizontal_flip: bool = True,
-    photometric: bool = True,
-    fill: tuple[int, int, int] = mean_fill(),
-) -> A.Compose:
-    """Joint detection + segmentation training: the SSD pipeline (``ssd_train_transform``),
-    called with ``image``, ``mask`` (``H x W`` uint8 class indices), ``bboxes``, ``labels`` and
-    ``iscrowd`` together.
-
-    The mask follows the image step by step: 255 (ignore) on the zoom-out canvas, cut by the
-    min-IoU crop and mirrored by the flip as the image, resized by ``MASK_INTERPOLATION``. The
-    crop drops boxes whose centre leaves it while their objects' mask pixels stay: the mask
-    keeps labelling what the image shows.
-    """
-    return ssd_train_transform(
-        image_size,
-        zoom_out=zoom_out,
-        max_zoom_out=max_zoom_out,
-        min_iou_crop=min_iou_crop,
-        horizontal_flip=horizontal_flip,
-        photometric=photometric,
-        fill=fill,
-    )
 
 
 def ssd_eval_transform(image_size: int = 320) -> A.Compose:

@@ -74,6 +74,19 @@ def empty_batch_loss(module: nn.Module) -> torch.Tensor:
     return sum((p.sum() for p in module.parameters() if p.requires_grad), torch.zeros(())) * 0.0
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, warmup_factor: float) -> dict[str, Any]:
+    """Lightning's ``lr_scheduler`` config of a linear warm-up from ``warmup_factor`` x the
+    learning rate over ``warmup_steps`` (at most ``total_steps - 1``), then cosine decay to zero
+    at ``total_steps``, stepped every iteration (torchvision's detection recipe)."""
+    warmup = min(warmup_steps, total_steps - 1)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = cosine
+    if warmup > 0:
+        linear = torch.optim.lr_scheduler.LinearLR(optimizer, warmup_factor, 1.0, total_iters=warmup)
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+    return {"scheduler": scheduler, "interval": "step"}
+
+
 class TaskModule(CheckedCheckpoints, L.LightningModule):
     """Base of every task's ``LightningModule``; see the module docstring for what it gives.
 

@@ -17,6 +17,7 @@ from deeplab_mobile.model import HeadName
 from deeplab_mobile.resize import resize_bilinear
 from deeplab_mobile.visualize import draw_label_map
 from engine import TaskModule
+from engine.task import warmup_cosine
 from engine.prediction_writer import save_picture
 from ssdlite.loss import ClassificationLoss
 from ssdlite.metrics import detection_metric, summarize
@@ -100,15 +101,7 @@ class MultiTaskModule(TaskModule):
             self.log_dict({f"train/weight/{task}": w.detach() for task, w in weights.items()}, batch_size=len(batch[0]))
 
     def lr_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        hp = self.hparams
-        total = self.total_steps()
-        warmup = min(hp.warmup_steps, total - 1)
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
-        scheduler: torch.optim.lr_scheduler.LRScheduler = cosine
-        if warmup > 0:
-            linear = torch.optim.lr_scheduler.LinearLR(optimizer, hp.warmup_factor, 1.0, total_iters=warmup)
-            scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
-        return {"scheduler": scheduler, "interval": "step"}
+        return warmup_cosine(optimizer, self.total_steps(), self.hparams.warmup_steps, self.hparams.warmup_factor)
 
     # --- evaluation -----------------------------------------------------------------------
     def make_metric(self) -> nn.Module:

@@ -11,6 +11,7 @@ from torch import nn
 
 from backbone.weights import PretrainedSpec
 from engine import TaskModule
+from engine.task import warmup_cosine
 
 from .coco_results import CocoResultsWriter
 from .loss import ClassificationLoss
@@ -87,15 +88,7 @@ class SSDLiteModule(TaskModule):
         return self.model(images, targets)
 
     def lr_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        hp = self.hparams
-        total = self.total_steps()
-        warmup = min(hp.warmup_steps, total - 1)
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
-        scheduler: torch.optim.lr_scheduler.LRScheduler = cosine
-        if warmup > 0:
-            linear = torch.optim.lr_scheduler.LinearLR(optimizer, hp.warmup_factor, 1.0, total_iters=warmup)
-            scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
-        return {"scheduler": scheduler, "interval": "step"}
+        return warmup_cosine(optimizer, self.total_steps(), self.hparams.warmup_steps, self.hparams.warmup_factor)
 
     def configure_callbacks(self) -> list[Callback]:
         callbacks = super().configure_callbacks()

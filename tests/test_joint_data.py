@@ -17,7 +17,7 @@ from PIL import Image
 from datamodules import JointCocoDataModule, JointVOCDataModule, MixedJointDataModule
 from datamodules.joint import mixed_records
 from datamodules.shapes import CLASS_NAMES, generate_shapes
-from datamodules.transforms import MASK_INTERPOLATION, joint_train_transform
+from datamodules.transforms import MASK_INTERPOLATION, ssd_train_transform
 from test_alignment import COLOURS, colour_classes, interior
 
 LOADER = {"num_workers": 0, "pin_memory": False, "batch_size": 4}
@@ -51,7 +51,7 @@ def test_joint_augmentation_keeps_image_boxes_and_mask_on_their_objects() -> Non
     object's mask pixels within half a pixel, without bias (floor-style nearest resizing is
     biased by up to a pixel)."""
     rng = np.random.default_rng(0)
-    transforms = [joint_train_transform(size, photometric=False) for size in (64, 100, 160)]
+    transforms = [ssd_train_transform(size, photometric=False) for size in (64, 100, 160)]
     for seed, transform in enumerate(transforms):
         transform.set_random_seed(seed)
     errors, pixels, zoomed = [], 0, 0
