@@ -2,10 +2,10 @@
 
     ssdlite export --ckpt_path runs/demo/ssdlite/checkpoints/last.ckpt --output ssdlite.onnx --image photo.jpg
 
-NMS stays out of the graph: torchvision's per-class NMS does not export (its loop over
-classes defeats the exporter), and runtimes differ in how they want it (onnxruntime's
+By default NMS stays out of the graph, as runtimes differ in how they want it (onnxruntime's
 ``NonMaxSuppression``, TensorRT's EfficientNMS plug-in, or host code such as
-``ssdlite.postprocess.select_detections`` on the two outputs).
+``ssdlite.postprocess.select_detections`` on the two outputs). ``--nms`` (ONNX) puts it
+inside: padded detections out (``ssdlite.export_nms``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from engine import Parity, TaskExport
 from engine import export_onnx as export_graph
 from engine.parity import compare_detection_matches, compare_top_detections
 
+from .export_nms import OUTPUTS as NMS_OUTPUTS
+from .export_nms import DetectionsWithNMS, as_detections, compare_selected_detections, unpad_detections
 from .model import SSDLite
 from .postprocess import select_detections
 from .module import SSDLiteModule
@@ -50,16 +52,17 @@ def export_onnx(model: SSDLite, path: str | Path, image_size: int = 320, opset_v
 
 class ExportedDetector(nn.Module):
     """``SSDLite`` in eval mode, computed by an exported graph: ``images`` ``N x 3 x h x w`` in
-    [0, 1] (any size) are resized to the export size, ``run`` gives their decoded boxes and
-    scores, boxes are scaled back to the input's pixels and ``select`` (the model's thresholds,
-    NMS and top-k) keeps the detections. Returns per image ``boxes`` ``K x 4`` xyxy in input
-    pixels, ``scores``, ``labels``."""
+    [0, 1] (any size) are resized to the export size, ``run`` gives their boxes (its first
+    output, xyxy in export pixels) and the rest (decoded scores; or scores, labels and counts
+    with NMS inside), boxes are scaled back to the input's pixels and ``select`` (the model's
+    thresholds, NMS and top-k; or ``unpad_detections``) gives the detections. Returns per image
+    ``boxes`` ``K x 4`` xyxy in input pixels, ``scores``, ``labels``."""
 
     def __init__(
         self,
         run: Callable[[torch.Tensor], Sequence[torch.Tensor]],
         image_size: tuple[int, int],
-        select: Callable[[torch.Tensor, torch.Tensor], list[dict[str, torch.Tensor]]],
+        select: Callable[..., list[dict[str, torch.Tensor]]],
     ) -> None:
         super().__init__()
         self.run, self.image_size, self.select = run, image_size, select
@@ -68,9 +71,9 @@ class ExportedDetector(nn.Module):
         (height, width), (export_h, export_w) = images.shape[-2:], self.image_size
         if (height, width) != self.image_size:
             images = F.interpolate(images, self.image_size, mode="bilinear", align_corners=False)
-        boxes, scores = self.run(images)
+        boxes, *rest = self.run(images)
         scale = boxes.new_tensor([width / export_w, height / export_h, width / export_w, height / export_h])
-        return self.select(boxes * scale, scores)
+        return self.select(boxes * scale, *rest)
 
 
 class SSDLiteExport(TaskExport):
@@ -79,18 +82,27 @@ class SSDLiteExport(TaskExport):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--image_size", type=int, default=None, help="square input size (default: the checkpoint's)")
         parser.add_argument("--top_k", type=int, default=20, help="top (anchor, class) pairs per image compared")
+        parser.add_argument("--nms", action="store_true",
+                            help="NMS inside the graph (ONNX only), with the checkpoint's thresholds and counts: padded "
+                                 "boxes, scores, labels and num_detections out")
 
     def image_size(self, module: SSDLiteModule, args: argparse.Namespace) -> tuple[int, int]:
         size = args.image_size or module.hparams.image_size
         return size, size
 
     def graph(self, module: SSDLiteModule, args: argparse.Namespace) -> nn.Module:
-        return DecodedDetections(module.model)
+        if not args.nms:
+            return DecodedDetections(module.model)
+        if args.format != "onnx":
+            raise SystemExit(f"--nms writes ONNX (NonMaxSuppression); {args.format} has no NMS kernel: drop --nms")
+        return DetectionsWithNMS(module.model)
 
     def output_names(self, args: argparse.Namespace) -> dict[str, str]:
-        return OUTPUTS
+        return NMS_OUTPUTS if args.nms else OUTPUTS
 
     def parity(self, reference: Sequence[torch.Tensor], exported: Sequence[Any], args: argparse.Namespace) -> Parity:
+        if args.nms:
+            return compare_selected_detections(as_detections(reference), as_detections(exported))
         return compare_top_detections(*reference, *exported, top_k=args.top_k)
 
     def quantized_parity(
@@ -98,6 +110,8 @@ class SSDLiteExport(TaskExport):
     ) -> Parity:
         # Detections as the caller keeps them (NMS with the library's defaults), not raw anchors:
         # int8 may reorder near-equal anchors of one object.
+        if args.nms:
+            return compare_detection_matches(as_detections(reference), as_detections(exported))
         boxes, scores = (torch.as_tensor(output) for output in exported)
         return compare_detection_matches(select_detections(*reference), select_detections(boxes, scores))
 
@@ -121,4 +135,4 @@ class SSDLiteExport(TaskExport):
         image_size: tuple[int, int],
         args: argparse.Namespace,
     ) -> nn.Module:
-        return ExportedDetector(run, image_size, module.model.select)
+        return ExportedDetector(run, image_size, unpad_detections if args.nms else module.model.select)

@@ -17,16 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lightning import LightningModule
 
 from datamodules.shapes import CLASS_NAMES, generate_shapes
 from deeplab_mobile import DeepLabModule
 from deeplab_mobile.cli import main as deeplab_main
 from engine.calibration import calibration_set
-from engine.checkpoint_checks import MODULE_CLASSES_KEY, task_classes
 from engine.export_report import report_path
 from engine.exported import InputSizeError, load_exported
 from engine.parity import compare_detection_matches
+from mobile_checkpoints import save_checkpoint
 from ssdlite import SSDLiteModule
 from ssdlite.cli import main as ssdlite_main
 
@@ -45,13 +44,6 @@ class Run:
     deeplab_config: str
     image: str
     unreadable: Path
-
-
-def save_checkpoint(module: LightningModule, path: Path) -> str:
-    """``module`` (random weights) as ``fit`` saves it: state dict, hyperparameters, task classes."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": "2.6.6", MODULE_CLASSES_KEY: task_classes(type(module))}, path)  # fmt: skip
-    return str(path)
 
 
 def save_config(data_class: str, init_args: dict, path: Path) -> str:
