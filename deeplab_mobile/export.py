@@ -107,9 +107,6 @@ class DeepLabExport(TaskExport):
             return compare_label_maps(output.argmax(dim=1), exported_output.argmax(axis=1), min_agreement=0.98)
         return compare_label_maps(output, exported_output, min_agreement=0.98)
 
-    def metric_name(self, module: DeepLabModule) -> str:
-        return "mIoU"
-
     def evaluation_model(
         self,
         module: DeepLabModule,

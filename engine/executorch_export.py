@@ -28,9 +28,7 @@ def deployable_copy(graph: nn.Module, image_size: tuple[int, int]) -> nn.Module:
     """A copy of ``graph`` in eval mode with BN folded and NCHW weights, run once at
     ``image_size`` (a model may fill a cache there, such as SSDLite's anchors, so that the
     exported program holds it as a constant instead of computing it)."""
-    was_training = graph.training
     deployable = fuse_conv_bn(copy.deepcopy(graph).eval(), inplace=True).to(memory_format=torch.contiguous_format)
-    graph.train(was_training)
     with torch.no_grad():
         deployable(torch.zeros(1, 3, *image_size))
     return deployable

@@ -25,11 +25,12 @@ from torch import nn
 
 from .calibration import CalibrationSet, calibration_set
 from .checkpoint_checks import load_module_checkpoint
-from .executorch_export import export_executorch
+from .executorch_export import export_executorch, lower_to_executorch
 from .export_report import evaluate_with, write_report
 from .exported import ExportedGraph, load_exported
 from .extras import require_extra
 from .parity import Parity, describe_export, load_parity_batch
+from .qat import QATPlan, finetune_qat
 from .quantize import quantize_onnx
 from .task import TaskModule
 
@@ -75,9 +76,14 @@ class TaskExport:
         """Names of the submodules of ``graph`` that int8 quantizes; None: the whole graph."""
         return None
 
+    def qat_plan(self, module: TaskModule, args: argparse.Namespace) -> QATPlan:
+        """What quantization-aware fine-tuning (``--qat_steps``, ``engine.qat``) trains and exports."""
+        raise SystemExit(f"--qat_steps: {type(module).__name__} has no quantization-aware fine-tuning (post-training int8 only)")
+
     def metric_name(self, module: TaskModule) -> str:
-        """The key of ``module.compute_metric`` that the report compares (float vs int8)."""
-        raise NotImplementedError
+        """The key of ``module.compute_metric`` that the report compares (float vs int8): the
+        metric the task's checkpoints watch, unless the task names a deployment metric."""
+        return module.MONITOR
 
     def evaluation_model(
         self,
@@ -160,6 +166,10 @@ def add_export_arguments(parser: argparse.ArgumentParser, task: TaskExport) -> N
                         help="the training run's config.yaml (beside its logs): calibration images from its training "
                              "split, and the validation metric of the float graph and the int8 file in the report")
     parser.add_argument("--calibration_images", type=int, default=200, help="training images to calibrate int8 on")
+    parser.add_argument("--qat_steps", type=int, default=0,
+                        help="int8 .pte by quantization-aware fine-tuning: this many steps on the run's training batches "
+                             "(--config) from the checkpoint, instead of post-training calibration")
+    parser.add_argument("--qat_lr", type=float, default=1e-3, help="SGD learning rate of --qat_steps")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the latency in the report")
     parser.add_argument("--opset", type=int, default=18)
     task.add_arguments(parser)
@@ -174,6 +184,8 @@ def check_export_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"--output {args.output}: --format {args.format} writes a {suffix} file")
     if args.quantize == "int8" and not args.config:
         parser.error("--quantize int8 needs --config, the training run's config.yaml (its training images calibrate)")
+    if args.qat_steps and (args.quantize != "int8" or args.format != "executorch"):
+        parser.error("--qat_steps fine-tunes an int8 ExecuTorch program: add --format executorch --quantize int8")
 
 
 def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -> ExportResult:
@@ -196,10 +208,17 @@ def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -
         from datamodules.check import datamodule_from_config  # the run's datamodule, as `datamodules.check` builds it
 
         datamodule = datamodule_from_config(Path(args.config))
-    calibration = calibration_set(datamodule, args.calibration_images, size) if args.quantize == "int8" else None
+    quantized = args.quantize == "int8"
+    qat = args.qat_steps > 0
+    calibration = calibration_set(datamodule, args.calibration_images, size) if quantized and not qat else None
     quantized_modules = task.quantized_modules(graph, args)
     path = Path(args.output)
-    if args.format == "executorch":
+    qat_summary = None
+    if qat:
+        trained = finetune_qat(task.qat_plan(module, args), datamodule, size, args.qat_steps, args.qat_lr, quantized_modules)
+        lower_to_executorch(trained.graph, size, path)
+        qat_summary = trained.summary
+    elif args.format == "executorch":
         export_executorch(graph, path, size, None if calibration is None else calibration.images, quantized_modules)
     elif calibration is None:
         export_onnx(graph, path, size, list(outputs), opset_version=args.opset)
@@ -210,6 +229,8 @@ def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -
     print(describe_export(path, (3, *size), [f"{name} {shape}" for name, shape in outputs.items()]))
     if calibration is not None:
         print(f"int8: {calibration.summary()}" + "".join(f"\n  skipped {line}" for line in calibration.skipped))
+    if qat_summary is not None:
+        print(f"int8 by quantization-aware fine-tuning: {json.dumps(qat_summary)}")
 
     exported = load_exported(path, threads=args.threads)
     images = load_parity_batch(args.image, size)
@@ -218,7 +239,7 @@ def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -
     reference = reference if isinstance(reference, tuple) else (reference,)
     results = [output.numpy() for output in exported(images)]
     runtime = RUNTIMES[args.format]
-    if calibration is None:
+    if not quantized:
         parity = task.parity(reference, results, args)
         print(f"{runtime} vs PyTorch on {args.image} (+ mirror): {parity.summary}")
         if not parity.passed:
@@ -227,7 +248,7 @@ def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -
         parity = task.quantized_parity(reference, results, args)
         print(f"int8 {runtime} vs float PyTorch on {args.image} (+ mirror): {parity.summary}")
 
-    report = measure(task, module, graph, exported, datamodule, calibration, parity, args)
+    report = measure(task, module, graph, exported, datamodule, calibration, qat_summary, parity, args)
     print(f"report {write_report(path, report)}: {json.dumps(report)}")
     return ExportResult(parity.passed, parity.summary, path, report)
 
@@ -239,17 +260,18 @@ def measure(
     exported: ExportedGraph,
     datamodule: Any,
     calibration: CalibrationSet | None,
+    qat: dict[str, Any] | None,
     parity: Parity,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """The report of a written file (``engine.export_report``): ``format``, ``quantization``,
     ``size_bytes``, ``metric_name``, ``float`` and ``quantized`` (the validation metric of the
     float PyTorch graph and of the int8 file, at the export size; None without ``--config``),
-    ``latency_ms`` (median, batch 1, ``--threads``), and how it was made."""
+    ``latency_ms`` (median, batch 1, ``--threads``), and how it was made (``calibration`` or ``qat``)."""
     metric_name = task.metric_name(module)
     report: dict[str, Any] = {
         "format": args.format,
-        "quantization": None if calibration is None else "int8",
+        "quantization": None if args.quantize == "none" else args.quantize,
         "size_bytes": exported.path.stat().st_size,
         "metric_name": metric_name,
         "float": None,
@@ -263,6 +285,8 @@ def measure(
     if calibration is not None:
         report["calibration"] = {"images": len(calibration.images), "requested": calibration.requested,
                                  "skipped": len(calibration.skipped), "skipped_files": calibration.skipped}
+    if qat is not None:
+        report["qat"] = qat
     if datamodule is not None:
         def on_graph(images: torch.Tensor) -> list[torch.Tensor]:
             outputs = graph(images)
@@ -270,7 +294,7 @@ def measure(
 
         float_metrics = evaluate_with(module, task.evaluation_model(module, on_graph, exported.image_size, args), datamodule)
         report.update({"float": float_metrics.get(metric_name), "float_metrics": float_metrics})
-        if calibration is not None:
+        if args.quantize == "int8":
             quantized = evaluate_with(module, task.evaluation_model(module, exported, exported.image_size, args), datamodule)
             report.update({"quantized": quantized.get(metric_name), "quantized_metrics": quantized})
     return report

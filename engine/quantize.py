@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -23,22 +23,22 @@ from torch.fx import Node
 
 from .extras import require_extra
 
+if TYPE_CHECKING:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
 # Calibration images per forward pass: histogram observers cost per call, not per image.
 CALIBRATION_BATCH = 16
 
 
-def quantize_pt2e(graph: nn.Module, calibration: torch.Tensor, modules: Sequence[str] | None = None) -> nn.Module:
-    """``graph`` (deployable, eval mode) exported, observed on ``calibration`` (``K x 3 x H x W``
-    images in [0, 1]) and converted to int8 (quantize / dequantize nodes around int8 ops, which
-    XNNPACK lowers to its int8 kernels). ``modules``: the submodule names quantized (None: all)."""
+def xnnpack_quantizer(modules: Sequence[str] | None = None, is_qat: bool = False) -> XNNPACKQuantizer:
+    """The XNNPACK quantizer (int8 activations per tensor, symmetric per-channel int8 weights; QAT:
+    fake-quant observers) restricted to the submodules named in ``modules`` (None: all)."""
     require_extra("mobile", "torchao.quantization.pt2e.quantize_pt2e", "--quantize int8 (ExecuTorch)")
     require_extra("mobile", "executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "--quantize int8 (ExecuTorch)")
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
@@ -50,9 +50,19 @@ def quantize_pt2e(graph: nn.Module, calibration: torch.Tensor, modules: Sequence
                     node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
             return super().annotate(model)
 
-    quantizer = Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
     if modules is not None:
         quantizer.set_filter_function(inside_modules(modules))
+    return quantizer
+
+
+def quantize_pt2e(graph: nn.Module, calibration: torch.Tensor, modules: Sequence[str] | None = None) -> nn.Module:
+    """``graph`` (deployable, eval mode) exported, observed on ``calibration`` (``K x 3 x H x W``
+    images in [0, 1]) and converted to int8 (quantize / dequantize nodes around int8 ops, which
+    XNNPACK lowers to its int8 kernels). ``modules``: the submodule names quantized (None: all)."""
+    quantizer = xnnpack_quantizer(modules)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
     batches = calibration.split(CALIBRATION_BATCH)
     # A dynamic batch while observing (calibration in batches); the program is re-exported at batch 1.
     batch = torch.export.Dim("batch", min=1)

@@ -125,9 +125,6 @@ class MultiTaskExport(TaskExport):
             for i in range(len(getattr(head, branch)))
         ]
 
-    def metric_name(self, module: MultiTaskModule) -> str:
-        return "score"
-
     def evaluation_model(
         self,
         module: MultiTaskModule,

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine import Parity, TaskExport
+from engine.qat import QATPlan
 from engine import export_onnx as export_graph
 from engine.parity import compare_detection_matches, compare_top_detections
 
@@ -26,6 +27,7 @@ from .export_nms import OUTPUTS as NMS_OUTPUTS
 from .export_nms import DetectionsWithNMS, as_detections, compare_selected_detections, unpad_detections
 from .model import SSDLite
 from .postprocess import select_detections
+from .qat import qat_plan
 from .module import SSDLiteModule
 
 OUTPUTS = {"boxes": "N x A x 4 (xyxy px)", "scores": "N x A x C"}
@@ -124,6 +126,9 @@ class SSDLiteExport(TaskExport):
         return ["model.features"] + [
             f"model.head.{branch}.{i}.0" for branch in ("classification", "regression") for i in range(len(getattr(head, branch)))
         ]
+
+    def qat_plan(self, module: SSDLiteModule, args: argparse.Namespace) -> QATPlan:
+        return qat_plan(module.model, self.image_size(module, args))
 
     def metric_name(self, module: SSDLiteModule) -> str:
         return "ap50_voc07" if module.hparams.metric == "voc07" else "map_50"
