@@ -6,9 +6,12 @@ Rows (``--only`` takes these names, comma-separated): ``detection`` (end to end,
 batch 16 under each host-memory policy, each in a fresh process), ``memory`` (peak of a
 training step at batch 32), ``coco`` (COCO evaluation of 5,000 images x 100 detections),
 ``data`` (the datamodule pipelines, one thread each), ``multitask`` (the joint model vs the two
-single-task models: eval forward at 320 and 512, training step).
+single-task models: eval forward at 320 and 512, training step), ``mobile`` (each task's
+ExecuTorch and onnxruntime files, fp32 and int8, vs its eager fast path; file sizes; vs
+torchvision's SSDLite320 and LR-ASPP).
 Writes ``benchmarks.md`` and ``benchmarks.json`` to ``--out`` (``runs/bench``).
-``--quick`` is a smoke run: one repeat of everything, small COCO set, few data images.
+``--quick`` is a smoke run: one repeat of everything, small COCO set, few data images, 4
+calibration images.
 ``--no-fast-path`` times our models as built, without the inference fast path (the baseline).
 """
 
@@ -23,7 +26,7 @@ import torch
 
 from benchmarks.harness import Row, write_report
 
-ROWS = ("detection", "onnx", "segmentation", "training", "memory", "coco", "data", "finetune", "multitask")
+ROWS = ("detection", "onnx", "segmentation", "training", "memory", "coco", "data", "finetune", "multitask", "mobile")
 
 
 def run_row(name: str, args: argparse.Namespace) -> list[Row]:
@@ -55,6 +58,10 @@ def run_row(name: str, args: argparse.Namespace) -> list[Row]:
         from benchmarks.multitask import multitask_rows
 
         return multitask_rows(timing)
+    if name == "mobile":
+        from benchmarks.mobile import mobile_rows
+
+        return mobile_rows(timing, calibration_images=4 if args.quick else 16)
     if name == "finetune":
         from benchmarks.finetune import finetune_rows
         from datamodules.shapes import generate_shapes
