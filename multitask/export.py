@@ -119,7 +119,7 @@ class MultiTaskExport(TaskExport):
         # As SSDLite's (ssdlite.export): the backbone, extras and head depthwise layers, not the
         # 1 x 1 box and class predictors; and the whole segmentation head, as DeepLab's.
         head = graph.model.detector.head
-        return ["model.detector.features", "model.segmenter"] + [
+        return ["model.detector.features", "model.seg_adapter", "model.segmenter"] + [
             f"model.detector.head.{branch}.{i}.0"
             for branch in ("classification", "regression")
             for i in range(len(getattr(head, branch)))

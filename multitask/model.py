@@ -4,8 +4,11 @@ The backbone runs at output stride 32, as SSDLite needs (its taps and extra laye
 paper's). The segmentation head reads a tap of that same pass, by default the deepest
 stride-16 one (MobileNetV2: ``features.14.conv.0``, the 576-channel expansion SSDLite's first
 map is), so segmentation costs the head alone. ``seg_tap`` picks another (``features.17``:
-the paper's 320-channel tap, at stride 32 here). The choice and its measurements: README,
-"Boxes and masks in one pass".
+the paper's 320-channel tap, at stride 32 here). Between tap and head sits a depthwise 3 x 3
+conv + BN + ReLU6 (``seg_adapter``, as SSDLite's head has before its predictors): the
+reduced head is all 1 x 1, and on a backbone frozen below the tap (CPU recipes) nothing else
+could move its masks onto the objects. The choices and their measurements: README, "Boxes and
+masks in one pass".
 
 Geometry: the input is not padded (SSDLite sees exactly its single-task input). Every
 stride-2 conv pads symmetrically, so cell ``i`` of a stride-``s`` map sits on input pixel
@@ -23,6 +26,7 @@ from torch.nn import functional as F
 
 from backbone.weights import PretrainedSpec
 from core.constants import IGNORE_INDEX
+from core.conv import conv_bn_relu6
 from deeplab_mobile.model import DeepLabHead, HeadName, deeplab_head_parts
 from deeplab_mobile.resize import upsample_cells
 from ssdlite.loss import ClassificationLoss
@@ -51,10 +55,18 @@ class MultiTaskModel(nn.Module):
     zero gradients.
     """
 
-    def __init__(self, detector: SSDLite, segmenter: DeepLabHead, loss_weighting: LossWeighting) -> None:
+    def __init__(
+        self,
+        detector: SSDLite,
+        segmenter: DeepLabHead,
+        loss_weighting: LossWeighting,
+        seg_adapter: nn.Module | None = None,
+    ) -> None:
+        """``seg_adapter``: applied to the segmenter's ``head_tap`` features before it (None: none)."""
         super().__init__()
         self.detector = detector
         self.segmenter = segmenter
+        self.seg_adapter = seg_adapter
         self.loss_weighting = loss_weighting
         self.seg_stride = self.backbone.info(segmenter.taps[0]).stride
 
@@ -81,6 +93,9 @@ class MultiTaskModel(nn.Module):
         size = tuple(images.shape[-2:])
         taps = self.backbone(self.backbone.normalize(images))
         outputs, anchors = self.detector.head_outputs(self.detector.features.extend(taps), size)
+        if self.seg_adapter is not None:
+            tap = self.segmenter.head_tap
+            taps = {**taps, tap: self.seg_adapter(taps[tap])}
         logits = upsample_cells(self.segmenter(taps), size, self.seg_stride)
         return outputs, anchors, logits
 
@@ -149,6 +164,7 @@ def build_multitask(
     pretrained_backbone: PretrainedSpec = False,
     seg_head: HeadName = "reduced",
     seg_tap: str | None = None,
+    seg_adapter: bool = True,
     atrous_rates: Sequence[int] | None = None,
     seg_channels: int = 256,
     seg_dropout: float = 0.1,
@@ -167,7 +183,8 @@ def build_multitask(
 
     ``num_det_classes`` counts object classes (SSDLite's background is internal);
     ``num_seg_classes`` counts background too (21 for VOC). ``seg_tap``: the backbone tap the
-    segmentation head reads (default: the deepest stride-16 one). ``detection_weight`` /
+    segmentation head reads (default: the deepest stride-16 one); ``seg_adapter``: a depthwise
+    3 x 3 conv + BN + ReLU6 between that tap and the head. ``detection_weight`` /
     ``segmentation_weight`` scale the two tasks' losses; ``learned_weighting`` learns them
     instead (Kendall et al. 2018, ``LossWeighting``), starting from those values.
     """
@@ -183,8 +200,12 @@ def build_multitask(
         output_stride=net.info(seg_tap).stride,
     )  # fmt: skip
     segmenter = DeepLabHead(num_classes=num_seg_classes, **parts)
+    adapter = None
+    if seg_adapter:
+        channels = net.info(seg_tap).channels
+        adapter = conv_bn_relu6(channels, channels, kernel_size=3, groups=channels)
     net.select_taps(list(dict.fromkeys([*detector.features.taps, *segmenter.taps])))
     if grad_checkpointing is not None:
         net.set_grad_checkpointing(grad_checkpointing)
     weighting = LossWeighting({"detection": detection_weight, "segmentation": segmentation_weight}, learned_weighting)
-    return MultiTaskModel(detector, segmenter, weighting)
+    return MultiTaskModel(detector, segmenter, weighting, adapter)
