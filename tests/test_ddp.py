@@ -75,6 +75,11 @@ TASKS = {
         "data": {"init_args": {"root": "{data}", "crop_size": 64, "scales": [1.0], "batch_size": 4,
                                "eval_batch_size": 1}},
     }),
+    # Both heads' metrics and their mean (the monitored score), gathered as the single tasks' are.
+    "multitask": Task("multitask", "configs/multitask_shapes.yaml", "val/score", {
+        "model": {"warmup_steps": 1},
+        "data": {"init_args": {"root": "{data}", "image_size": 128, "batch_size": 4, "eval_batch_size": 3}},
+    }),
 }  # fmt: skip
 
 

@@ -51,6 +51,14 @@ TASKS = {
             f"--data.root={data}", "--data.crop_size=64", "--data.num_workers=0", "--trainer.max_steps=-1",
         ],
     },
+    "multitask": {
+        "module": "multitask",
+        "config": REPO / "configs" / "multitask_shapes.yaml",
+        "monitor": "val/score",
+        "overrides": lambda data: [
+            f"--data.root={data}", "--data.image_size=64", "--data.num_workers=1", "--model.warmup_steps=2",
+        ],
+    },
 }
 COMMON = [
     "--data.batch_size=4", "--model.width_mult=0.35", "--model.pretrained_backbone=false",
