@@ -85,8 +85,8 @@ class MultiTaskModule(TaskModule):
         files and pictures. ``grad_checkpointing`` / ``channels_last``: as ``SSDLiteModule``'s."""
         model = build_multitask(
             num_det_classes, num_seg_classes, backbone, width_mult, image_size, pretrained_backbone, seg_head, seg_tap,
-            seg_adapter=seg_adapter, classification_loss=classification_loss, score_threshold=score_threshold, nms_threshold=nms_threshold,
-            detections_per_image=detections_per_image, freeze_backbone=freeze_backbone,
+            seg_adapter=seg_adapter, classification_loss=classification_loss, score_threshold=score_threshold,
+            nms_threshold=nms_threshold, detections_per_image=detections_per_image, freeze_backbone=freeze_backbone,
             grad_checkpointing=grad_checkpointing, detection_weight=detection_weight,
             segmentation_weight=segmentation_weight, learned_weighting=learned_weighting,
         )  # fmt: skip
