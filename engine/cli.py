@@ -23,7 +23,7 @@ from backbone import backbone_mean
 from .checkpoint_checks import check_module_class
 from .checkpoint_io import CheckpointError, read_checkpoint
 from .export import TaskExport, run_export
-from .host_memory import apply_host_memory_policy
+from .host_memory import apply_host_memory_policy, training_default
 from .legacy import install_moved_module_aliases
 from .nonfinite import NonFiniteTrainingError
 from .task import TaskModule
@@ -97,11 +97,11 @@ def run_task_cli(
         if argv[:1] == ["export"]:  # LightningCLI's subcommands all need a Trainer; export does not
             result = run_export(export, f"{prog} export", argv[1:])
         else:
-            # Training is lean by default: its resident set stays near its real use. Inference
-            # (validate, test, predict) keeps glibc's default unless asked: it holds little
-            # memory, and mapping fresh pages for every tensor of 1 MB or more slows it down.
+            # Training keeps freed tensors for the next step where memory allows (``fast``), else
+            # gives them back at once (``lean``). Inference (validate, test, predict) keeps
+            # glibc's default unless asked: it holds little memory, and ``lean`` slows it down.
             try:
-                apply_host_memory_policy(default="lean" if argv[:1] == ["fit"] else None)
+                apply_host_memory_policy(default=training_default() if argv[:1] == ["fit"] else None)
             except ValueError as err:
                 raise SystemExit(f"error: {err}") from err
             result = TaskCLI(

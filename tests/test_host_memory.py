@@ -1,12 +1,13 @@
-"""Host-memory policy of the task CLI: ``lean`` by default for training, glibc's own for
-inference, ``fast`` on request, a clear error else."""
+"""Host-memory policy of the task CLI: for training ``fast`` where the machine has the memory,
+else ``lean``; glibc's own for inference; either on request, a clear error else."""
 
 import subprocess
 import sys
 
 import pytest
 
-from engine.host_memory import POLICY_ENV
+from engine import host_memory
+from engine.host_memory import FAST_TRAINING_MIN_BYTES, POLICY_ENV, training_default
 from engine import cli as task_cli
 from deeplab_mobile.cli import main as deeplab_main
 from ssdlite.cli import main as ssdlite_main
@@ -38,7 +39,7 @@ def test_without_a_default_only_the_variable_applies_a_policy(asked, applied, mo
 
 
 @pytest.mark.parametrize("main", [ssdlite_main, deeplab_main], ids=["ssdlite", "deeplab-mobile"])
-def test_training_is_lean_and_inference_keeps_glibcs_default_unless_asked(main, monkeypatch):
+def test_training_takes_the_machines_default_and_inference_keeps_glibcs_unless_asked(main, monkeypatch):
     applied = []
     # mallopt would change this whole test process: record what the CLI asks for
     monkeypatch.setattr(task_cli, "apply_host_memory_policy", lambda default: applied.append(default))
@@ -46,4 +47,10 @@ def test_training_is_lean_and_inference_keeps_glibcs_default_unless_asked(main, 
     for subcommand in ("fit", "validate", "test", "predict"):
         with pytest.raises(SystemExit):
             main([subcommand, "--help"])
-    assert applied == ["lean", None, None, None]
+    assert applied == [training_default(), None, None, None]
+
+
+@pytest.mark.parametrize("memory, policy", [(8 << 30, "lean"), (FAST_TRAINING_MIN_BYTES, "fast"), (None, "lean")])
+def test_training_keeps_freed_tensors_only_with_the_memory_for_it(memory, policy, monkeypatch):
+    monkeypatch.setattr(host_memory, "physical_memory_bytes", lambda: memory)
+    assert training_default() == policy
