@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from deeplab_mobile.export import ExportedSegmenter
 from engine import Parity, TaskExport
 from engine.parity import compare_detection_matches, compare_label_maps, compare_top_detections
-from ssdlite.export import ExportedDetector
+from ssdlite.export import ExportedDetector, quantized_detector_modules
 from ssdlite.postprocess import select_detections
 
 from .model import MultiTaskModel
@@ -116,14 +116,9 @@ class MultiTaskExport(TaskExport):
         return Parity(detection.passed and masks.passed, f"detection: {detection.summary}; segmentation: {masks.summary}")
 
     def quantized_modules(self, graph: nn.Module, args: argparse.Namespace) -> list[str]:
-        # As SSDLite's (ssdlite.export): the backbone, extras and head depthwise layers, not the
-        # 1 x 1 box and class predictors; and the whole segmentation head, as DeepLab's.
-        head = graph.model.detector.head
-        return ["model.detector.features", "model.seg_adapter", "model.segmenter"] + [
-            f"model.detector.head.{branch}.{i}.0"
-            for branch in ("classification", "regression")
-            for i in range(len(getattr(head, branch)))
-        ]
+        # The detector's int8 part as SSDLite's, and the whole segmentation side, as DeepLab's.
+        segmentation = ["model.seg_adapter", "model.segmenter"]
+        return quantized_detector_modules("model.detector", graph.model.detector) + segmentation
 
     def evaluation_model(
         self,

@@ -11,6 +11,8 @@ one run folder::
     runs/demo/<task>/predictions/     pictures + machine-readable predictions on val images
     runs/demo/<task>_val_grid.jpg     a grid of those pictures
     runs/demo/<task>.onnx             the exported model (checked against PyTorch)
+    runs/demo/<task>.pte, <task>_int8.pte  ExecuTorch programs, float and int8, each with its
+                                      report (<file>.json: size, latency, validation metric)
     runs/demo/summary.json            metrics, timings, parity and paths
 
 ``--tiny`` runs the same steps in seconds (few images, width 0.35 without ImageNet weights,
@@ -58,6 +60,7 @@ FULL = {
     "multitask": {"trainer": {"max_epochs": MULTITASK_EPOCHS, "check_val_every_n_epoch": MULTITASK_EPOCHS}, "model": {}},
     "ssdlite_export_size": None,  # the checkpoint's training size
     "deeplab_export_size": [513, 513],  # 16 k + 1: the model's own geometry, no padding inside
+    "calibration_images": 64,
 }
 TINY = {
     "num_train": 8,
@@ -74,6 +77,7 @@ TINY = {
                   "data": {"image_size": 96, "batch_size": 4, "num_workers": 0}},
     "ssdlite_export_size": None,
     "deeplab_export_size": [96, 128],
+    "calibration_images": 4,
 }
 
 
@@ -144,7 +148,7 @@ def run_task(
     configs = [f"--config={CONFIGS[task]}", f"--config={overrides}"]
 
     start = time.perf_counter()
-    main(["fit", *configs])
+    fitted = main(["fit", *configs])
     fit_seconds = time.perf_counter() - start
     checkpoint = task_dir / "checkpoints" / "best.ckpt"
     if not checkpoint.is_file():  # no validation ran, so nothing was "best": use the last weights
@@ -159,12 +163,44 @@ def run_task(
     return {
         "fit_seconds": round(fit_seconds, 1),
         "checkpoint": str(checkpoint),
+        "config": str(Path(fitted.trainer.log_dir) / "config.yaml"),  # the run's, as fit saved it
         "metrics": metrics,
         "predictions": str(task_dir / "predictions"),
         "grid": str(grid),
         "tensorboard": str(task_dir / "tensorboard"),
         "logs": str(task_dir / "logs"),
     }
+
+
+def export_task(
+    task: str,
+    main: Callable[[list[str]], Any],
+    result: dict[str, Any],
+    out: Path,
+    parity_image: str,
+    size: list[str],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The task's checkpoint through its ``export`` command: ONNX and a float ExecuTorch program
+    (each checked against PyTorch on ``parity_image``), and an int8 ExecuTorch program calibrated
+    on the run's training images and evaluated, float vs int8, on its validation set."""
+    common = ["--ckpt_path", result["checkpoint"], "--image", parity_image, *size]
+    onnx = main(["export", *common, "--output", str(out / f"{task}.onnx")])
+    pte = main(["export", *common, "--output", str(out / f"{task}.pte"), "--format", "executorch"])
+    int8 = main(["export", *common, "--output", str(out / f"{task}_int8.pte"), "--format", "executorch", "--quantize",
+                 "int8", "--config", result["config"], "--calibration_images", str(settings["calibration_images"])])  # fmt: skip
+    return {
+        "onnx": str(onnx.path), "onnx_parity": onnx.summary,
+        "executorch": {"float": mobile_entry(pte), "int8": mobile_entry(int8)},
+    }  # fmt: skip
+
+
+def mobile_entry(export: Any) -> dict[str, Any]:
+    """What the demo keeps of an ExecuTorch export: its file, report and their main figures."""
+    report = export.report
+    return {"path": str(export.path), "report": f"{export.path}.json", "size_bytes": report["size_bytes"],
+            "latency_ms": report["latency_ms"], "metric_name": report["metric_name"], "float": report["float"],
+            "quantized": report["quantized"], "parity": export.summary}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -191,22 +227,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["deeplab"] = run_task("deeplab", deeplab_cli.main, out, data_root, sample, settings)
     summary["multitask"] = run_task("multitask", multitask_cli.main, out, data_root, sample, settings)
 
-    size = settings["ssdlite_export_size"]
-    parity = ssdlite_cli.main(
-        ["export", "--ckpt_path", summary["ssdlite"]["checkpoint"], "--output", str(out / "ssdlite.onnx"), "--image", parity_image,
-         *(["--image_size", str(size)] if size else [])]
-    )  # fmt: skip
-    summary["ssdlite"].update(onnx=str(out / "ssdlite.onnx"), onnx_parity=parity.summary)
-    parity = deeplab_cli.main(
-        ["export", "--ckpt_path", summary["deeplab"]["checkpoint"], "--output", str(out / "deeplab.onnx"), "--image", parity_image,
-         "--image_size", *map(str, settings["deeplab_export_size"])]
-    )  # fmt: skip
-    summary["deeplab"].update(onnx=str(out / "deeplab.onnx"), onnx_parity=parity.summary)
-    parity = multitask_cli.main(
-        ["export", "--ckpt_path", summary["multitask"]["checkpoint"], "--output", str(out / "multitask.onnx"),
-         "--image", parity_image]
-    )  # fmt: skip
-    summary["multitask"].update(onnx=str(out / "multitask.onnx"), onnx_parity=parity.summary)
+    export_sizes = {
+        "ssdlite": ["--image_size", str(settings["ssdlite_export_size"])] if settings["ssdlite_export_size"] else [],
+        "deeplab": ["--image_size", *map(str, settings["deeplab_export_size"])],
+        "multitask": [],
+    }
+    for task, main in (("ssdlite", ssdlite_cli.main), ("deeplab", deeplab_cli.main), ("multitask", multitask_cli.main)):
+        summary[task].update(export_task(task, main, summary[task], out, parity_image, export_sizes[task], settings))
 
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -230,10 +257,22 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  ONNX             {ssd['onnx']}: {ssd['onnx_parity']}",
         f"                   {seg['onnx']}: {seg['onnx_parity']}",
         f"                   {joint['onnx']}: {joint['onnx_parity']}",
+        *(mobile_line(name, summary[task]["executorch"]) for name, task in
+          (("SSDLite", "ssdlite"), ("DeepLab", "deeplab"), ("joint", "multitask"))),
         f"  metrics          <task>/logs/version_*/metrics.csv; tensorboard --logdir {summary['run_folder']}",
         f"  summary          {summary['run_folder']}/summary.json",
     ]
     print("\n".join(lines))
+
+
+def mobile_line(name: str, executorch: dict[str, Any]) -> str:
+    """``.pte`` float vs int8: size, latency (batch 1, 2 threads) and validation metric."""
+    fp32, int8 = executorch["float"], executorch["int8"]
+    return (
+        f"  ExecuTorch       {name}: float {fp32['size_bytes'] / 1e6:.2f} MB {fp32['latency_ms']:.1f} ms, "
+        f"int8 {int8['size_bytes'] / 1e6:.2f} MB ({int8['size_bytes'] / fp32['size_bytes']:.2f}x) "
+        f"{int8['latency_ms']:.1f} ms, {int8['metric_name']} {int8['float']} -> {int8['quantized']} ({int8['path']})"
+    )
 
 
 if __name__ == "__main__":

@@ -78,6 +78,16 @@ class ExportedDetector(nn.Module):
         return self.select(boxes * scale, *rest)
 
 
+def quantized_detector_modules(prefix: str, model: SSDLite) -> list[str]:
+    """The int8 part of ``model``, an ``SSDLite`` at submodule path ``prefix``: backbone, extras,
+    the box predictors (each output with its own scale) and the depthwise layers of the class
+    predictors. Their 1 x 1 class convs stay float: int8 logits cost more accuracy than the rest
+    of the network together, post-training and after quantization-aware fine-tuning alike. The
+    head's concatenation over feature maps stays float too, as does the box decoding (pixels)."""
+    classification = [f"{prefix}.head.classification.{i}.0" for i in range(len(model.head.classification))]
+    return [f"{prefix}.features", f"{prefix}.head.regression", *classification]
+
+
 class SSDLiteExport(TaskExport):
     module_class = SSDLiteModule
 
@@ -118,14 +128,7 @@ class SSDLiteExport(TaskExport):
         return compare_detection_matches(select_detections(*reference), select_detections(boxes, scores))
 
     def quantized_modules(self, graph: nn.Module, args: argparse.Namespace) -> list[str]:
-        # The backbone, extras and the head's depthwise layers. The 1 x 1 predictors stay float:
-        # their outputs (class logits, whose range is wide, and box offsets) are concatenated over all
-        # feature maps into one tensor that int8 would give one scale; so does the box decoding,
-        # which works in pixels.
-        head = graph.model.head
-        return ["model.features"] + [
-            f"model.head.{branch}.{i}.0" for branch in ("classification", "regression") for i in range(len(getattr(head, branch)))
-        ]
+        return quantized_detector_modules("model", graph.model)
 
     def qat_plan(self, module: SSDLiteModule, args: argparse.Namespace) -> QATPlan:
         return qat_plan(module.model, self.image_size(module, args))

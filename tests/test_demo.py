@@ -1,5 +1,6 @@
 """``make demo`` in reduced form: ``scripts/demo.py --tiny`` generates data, runs fit / validate /
-predict of the three commands, draws grids, exports ONNX and summarises; the run folder holds it all."""
+predict of the three commands, draws grids, exports ONNX and float / int8 ExecuTorch programs and
+summarises; the run folder holds it all."""
 
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def test_run_folder_holds_checkpoints_logs_config_and_pictures(demo, task, metri
     grid = Image.open(result["grid"])
     assert grid.format == "JPEG" and grid.width > 256
     assert result["onnx_parity"].endswith("OK") and Path(result["onnx"]).is_file()
+    fp32, int8 = result["executorch"]["float"], result["executorch"]["int8"]
+    assert fp32["parity"].endswith("OK") and fp32["path"] == str(run / f"{task}.pte") and fp32["quantized"] is None
+    assert int8["path"] == str(run / f"{task}_int8.pte") and isinstance(int8["quantized"], float)
+    for entry in (fp32, int8):  # each file with its report beside it
+        report = json.loads(Path(entry["report"]).read_text())
+        assert report["size_bytes"] == Path(entry["path"]).stat().st_size == entry["size_bytes"]
+    assert int8["size_bytes"] < 0.4 * fp32["size_bytes"]
 
 
 def test_detection_results_are_an_official_coco_results_file(demo):
@@ -47,6 +55,7 @@ def test_detection_results_are_an_official_coco_results_file(demo):
 def test_summary_names_metrics_and_where_the_outputs_are(demo):
     assert "val mAP" in demo["stdout"] and "val mIoU" in demo["stdout"]
     assert all(demo[task]["grid"] in demo["stdout"] for task in ("ssdlite", "deeplab", "multitask"))
+    assert all(demo[task]["executorch"]["int8"]["path"] in demo["stdout"] for task in ("ssdlite", "deeplab", "multitask"))
     written = json.loads((Path(demo["run_folder"]) / "summary.json").read_text())
     assert written["wall_seconds"] == demo["wall_seconds"]
     assert f"Demo finished in {demo['wall_seconds'] / 60:.1f} min" in demo["stdout"]
