@@ -43,6 +43,7 @@ def test_run_folder_holds_checkpoints_logs_config_and_pictures(demo, task, metri
         report = json.loads(Path(entry["report"]).read_text())
         assert report["size_bytes"] == Path(entry["path"]).stat().st_size == entry["size_bytes"]
     assert int8["size_bytes"] < 0.4 * fp32["size_bytes"]
+    assert json.loads(Path(int8["report"]).read_text())["calibration"]["images"] == 4
 
 
 def test_detection_results_are_an_official_coco_results_file(demo):
