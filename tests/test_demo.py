@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
 from demo_run import tiny_demo_run
+from engine.exported import InputSizeError, load_exported
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,16 @@ def test_run_folder_holds_checkpoints_logs_config_and_pictures(demo, task, metri
         assert report["size_bytes"] == Path(entry["path"]).stat().st_size == entry["size_bytes"]
     assert int8["size_bytes"] < 0.4 * fp32["size_bytes"]
     assert json.loads(Path(int8["report"]).read_text())["calibration"]["images"] == 4
+
+
+def test_executorch_detector_runs_one_image_at_a_time_and_refuses_other_sizes(demo):
+    graph = load_exported(demo["ssdlite"]["executorch"]["float"]["path"])
+    height, width = graph.image_size
+    assert graph.batch == 1
+    boxes, scores = graph(torch.rand(3, 3, height, width))  # a static batch of 1: run one at a time
+    assert boxes.shape[:2] == scores.shape[:2] and len(boxes) == 3
+    with pytest.raises(InputSizeError, match=rf"exported for images N x 3 x {height} x {width}; got 1 x 3 x 128 x 160"):
+        graph(torch.rand(1, 3, 128, 160))
 
 
 def test_detection_results_are_an_official_coco_results_file(demo):
