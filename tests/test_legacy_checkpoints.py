@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "legacy_a4b5b94"
 EXPECTED = json.loads((FIXTURES / "expected_outputs.json").read_text())
 TINY = ["--model.width_mult=0.35", "--model.pretrained_backbone=false", "--data.num_workers=0",
-        "--trainer.enable_progress_bar=false", "--trainer.logger=false"]  # fmt: skip
+        "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.limit_val_batches=1"]  # fmt: skip
 
 
 def fixed_images(size: int) -> torch.Tensor:
