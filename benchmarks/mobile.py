@@ -6,7 +6,7 @@ command writes (``TaskExport.graph``: float images ``1 x 3 x H x W`` in [0, 1] i
 boxes and scores before NMS, and / or logits, out) is written into a temporary folder by the
 project's own export code as an ExecuTorch fp32 ``.pte`` and int8 ``.pte`` (PT2E, XNNPACK;
 ``engine.executorch_export``), an ONNX fp32 file and an int8 QDQ file (``engine.export``,
-``engine.quantize``), int8 over the task's ``quantized_modules`` only, and run by
+``engine.quantize``), int8 over the task's ``int8_scope`` only, and run by
 ``engine.exported.load_exported``. Rows, batch 1, ``--threads`` (2) for torch, ExecuTorch's
 threadpool and onnxruntime alike, all in this process:
 
@@ -42,7 +42,7 @@ from engine.executorch_export import export_executorch
 from engine.export import export_onnx
 from engine.exported import ExportedGraph, load_exported
 from engine.extras import require_extra
-from engine.quantize import quantize_onnx
+from engine.quantize import Int8Scope, quantize_onnx
 from multitask import build_multitask
 from multitask.export import JointOutputs, MultiTaskExport
 from ssdlite import build_ssdlite
@@ -63,13 +63,13 @@ EXPORT_ARGS = argparse.Namespace(nms=False, output_kind="logits")
 
 @dataclass
 class MobileTask:
-    """One task's export: its graph (eval mode), input size, output names and int8 submodules."""
+    """One task's export: its graph (eval mode), input size, output names and int8 part."""
 
     name: str
     graph: nn.Module
     image_size: tuple[int, int]
     outputs: list[str]
-    quantized_modules: list[str] | None
+    int8_scope: Int8Scope
 
 
 def mobile_tasks() -> list[MobileTask]:
@@ -84,7 +84,7 @@ def mobile_tasks() -> list[MobileTask]:
         ("multitask 320", joint.eval(), 320, MultiTaskExport()),
     ):
         outputs = list(export.output_names(EXPORT_ARGS))
-        tasks.append(MobileTask(name, graph, (size, size), outputs, export.quantized_modules(graph, EXPORT_ARGS)))
+        tasks.append(MobileTask(name, graph, (size, size), outputs, export.int8_scope(graph, EXPORT_ARGS)))
     return tasks
 
 
@@ -94,9 +94,9 @@ def write_files(task: MobileTask, folder: Path, calibration: torch.Tensor) -> di
     onnx_fp32 = export_onnx(task.graph, f"{stem}.onnx", size, task.outputs)
     return {
         "ExecuTorch fp32": export_executorch(task.graph, f"{stem}.pte", size),
-        "ExecuTorch int8": export_executorch(task.graph, f"{stem}_int8.pte", size, calibration, task.quantized_modules),
+        "ExecuTorch int8": export_executorch(task.graph, f"{stem}_int8.pte", size, calibration, task.int8_scope),
         "onnxruntime fp32": onnx_fp32,
-        "onnxruntime int8": quantize_onnx(onnx_fp32, f"{stem}_int8.onnx", calibration, task.quantized_modules),
+        "onnxruntime int8": quantize_onnx(onnx_fp32, f"{stem}_int8.onnx", calibration, task.int8_scope),
     }
 
 
@@ -154,7 +154,8 @@ def task_rows(task: MobileTask, files: dict[str, Path], timing: Timing, threads:
         rows.append(Row(
             name=f"{task.name} {runtime} file size", ours=f"int8 {files[f'{runtime} int8'].suffix}",
             peer=f"fp32 {files[f'{runtime} fp32'].suffix}", ours_ms=int8, peer_ms=fp32, ratio=int8 / fp32, unit="MB",
-            settings={"int8 modules": "all" if task.quantized_modules is None else len(task.quantized_modules)},
+            settings={"int8 modules": "all" if task.int8_scope.static is None else len(task.int8_scope.static),
+                      "dynamic int8 modules": len(task.int8_scope.dynamic) if runtime == "ExecuTorch" else 0},
         ))  # fmt: skip
     return rows
 

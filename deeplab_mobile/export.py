@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from engine import Parity, TaskExport
 from engine import export_onnx as export_graph
 from engine.parity import compare_label_maps
+from engine.qat import QATPlan
 
 from .model import DeepLab
 from .module import DeepLabModule
@@ -28,9 +29,10 @@ OUTPUT_SHAPES = {"logits": "N x C x H x W (float)", "labels": "N x H x W (int64)
 
 
 class LabelMap(nn.Module):
-    """``images`` ``N x 3 x H x W`` in [0, 1] -> ``labels`` int64 ``N x H x W`` (argmax of the logits)."""
+    """``images`` ``N x 3 x H x W`` in [0, 1] -> ``labels`` int64 ``N x H x W`` (argmax of the
+    logits of ``model``, a ``DeepLab`` or a graph computing its logits)."""
 
-    def __init__(self, model: DeepLab) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
@@ -106,6 +108,14 @@ class DeepLabExport(TaskExport):
         if args.output_kind == "logits":
             return compare_label_maps(output.argmax(dim=1), exported_output.argmax(axis=1), min_agreement=0.98)
         return compare_label_maps(output, exported_output, min_agreement=0.98)
+
+    def qat_plan(self, module: DeepLabModule, args: argparse.Namespace) -> QATPlan:
+        # The model's logits, fake-quantized, under the training loss; labels are their argmax.
+        return QATPlan(
+            module.model,
+            lambda outputs, batch: module.loss(outputs[0], batch[1]),
+            lambda converted: LabelMap(converted) if args.output_kind == "labels" else converted,
+        )
 
     def evaluation_model(
         self,

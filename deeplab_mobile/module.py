@@ -121,7 +121,12 @@ class DeepLabModule(TaskModule):
 
     def training_losses(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         images, masks = batch
-        return {"loss": F.cross_entropy(self.model(images), masks, weight=self.class_weights, ignore_index=IGNORE_INDEX)}
+        return {"loss": self.loss(self.model(images), masks)}
+
+    def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The training loss: cross-entropy of ``logits`` ``N x C x H x W`` against ``masks``
+        ``N x H x W`` (int64 class ids, ``IGNORE_INDEX`` unlabelled), class-weighted if configured."""
+        return F.cross_entropy(logits, masks, weight=self.class_weights, ignore_index=IGNORE_INDEX)
 
     def lr_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         interval = self.hparams.schedule_interval

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -20,6 +19,7 @@ from torch import nn
 from core.fuse import fuse_conv_bn
 
 from .extras import require_extra
+from .quantize import Int8Scope
 
 EXTRA = "mobile"
 
@@ -55,15 +55,15 @@ def export_executorch(
     path: str | Path,
     image_size: tuple[int, int],
     calibration: torch.Tensor | None = None,
-    quantized_modules: Sequence[str] | None = None,
+    scope: Int8Scope = Int8Scope(),
 ) -> Path:
     """Write ``graph`` as an ExecuTorch ``.pte`` (XNNPACK) from ``images`` float ``1 x 3 x H x W``
     in [0, 1], ``(H, W) = image_size``. With ``calibration`` (``K x 3 x H x W`` images) the
     program is int8: PT2E post-training static quantization (``engine.quantize.quantize_pt2e``)
-    of the submodules named in ``quantized_modules`` (None: all)."""
+    over ``scope``."""
     deployable = deployable_copy(graph, image_size)
     if calibration is not None:
         from .quantize import quantize_pt2e
 
-        deployable = quantize_pt2e(deployable, calibration, quantized_modules)
+        deployable = quantize_pt2e(deployable, calibration, scope)
     return lower_to_executorch(deployable, image_size, path)

@@ -31,14 +31,14 @@ from .exported import ExportedGraph, load_exported
 from .extras import require_extra
 from .parity import Parity, describe_export, load_parity_batch
 from .qat import QATPlan, finetune_qat
-from .quantize import quantize_onnx
+from .quantize import Int8Scope, quantize_onnx
 from .task import TaskModule
 
 
 class TaskExport:
     """What one task's export is; ``run_export`` does the rest. Subclasses set ``module_class``
     and implement ``graph``, ``output_names``, ``image_size`` and ``parity``; for int8 exports
-    ``quantized_parity`` (and ``quantized_modules`` to keep part of the graph float); for the
+    ``quantized_parity`` (and ``int8_scope`` to keep part of the graph float); for the
     report's metric (``--config``) ``metric_name`` and ``evaluation_model``."""
 
     module_class: type[TaskModule]
@@ -72,9 +72,9 @@ class TaskExport:
         """Compare an int8 file's outputs with the float PyTorch graph's (a looser rule than ``parity``)."""
         raise NotImplementedError
 
-    def quantized_modules(self, graph: nn.Module, args: argparse.Namespace) -> list[str] | None:
-        """Names of the submodules of ``graph`` that int8 quantizes; None: the whole graph."""
-        return None
+    def int8_scope(self, graph: nn.Module, args: argparse.Namespace) -> Int8Scope:
+        """The submodules of ``graph`` that int8 quantizes (default: the whole graph, static)."""
+        return Int8Scope()
 
     def qat_plan(self, module: TaskModule, args: argparse.Namespace) -> QATPlan:
         """What quantization-aware fine-tuning (``--qat_steps``, ``engine.qat``) trains and exports."""
@@ -211,21 +211,21 @@ def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -
     quantized = args.quantize == "int8"
     qat = args.qat_steps > 0
     calibration = calibration_set(datamodule, args.calibration_images, size) if quantized and not qat else None
-    quantized_modules = task.quantized_modules(graph, args)
+    scope = task.int8_scope(graph, args)
     path = Path(args.output)
     qat_summary = None
     if qat:
-        trained = finetune_qat(task.qat_plan(module, args), datamodule, size, args.qat_steps, args.qat_lr, quantized_modules)
+        trained = finetune_qat(task.qat_plan(module, args), datamodule, size, args.qat_steps, args.qat_lr, scope)
         lower_to_executorch(trained.graph, size, path)
         qat_summary = trained.summary
     elif args.format == "executorch":
-        export_executorch(graph, path, size, None if calibration is None else calibration.images, quantized_modules)
+        export_executorch(graph, path, size, None if calibration is None else calibration.images, scope)
     elif calibration is None:
         export_onnx(graph, path, size, list(outputs), opset_version=args.opset)
     else:
         with tempfile.TemporaryDirectory() as folder:
             float_path = export_onnx(graph, Path(folder) / path.name, size, list(outputs), opset_version=args.opset)
-            quantize_onnx(float_path, path, calibration.images, quantized_modules)
+            quantize_onnx(float_path, path, calibration.images, scope)
     print(describe_export(path, (3, *size), [f"{name} {shape}" for name, shape in outputs.items()]))
     if calibration is not None:
         print(f"int8: {calibration.summary()}" + "".join(f"\n  skipped {line}" for line in calibration.skipped))

@@ -10,7 +10,7 @@ the model to call. Steps:
    the folded biases train with their weights (layers the checkpoint froze stay frozen);
 2. ``torch.export`` with a dynamic batch and ``prepare_qat_pt2e`` with the XNNPACK quantizer
    (per-channel weights, ``is_qat``): fake-quant on the weights and activations that XNNPACK's
-   int8 kernels will see, inside the task's ``quantized_modules``;
+   int8 kernels will see, inside the task's ``int8_scope``;
 3. ``steps`` SGD steps on the run's training batches (its datamodule's ``train_dataloader``,
    augmentations included), the task's training loss on the fake-quantized outputs;
 4. ``convert_pt2e``, then the task's graph around it, lowered as the post-training file is.
@@ -29,7 +29,7 @@ from torch import nn
 
 from .executorch_export import deployable_copy
 from .extras import require_extra
-from .quantize import xnnpack_quantizer
+from .quantize import Int8Scope, xnnpack_quantizer
 
 
 @dataclass
@@ -37,7 +37,7 @@ class QATPlan:
     """A task's part in quantization-aware fine-tuning.
 
     ``graph``: images ``N x 3 x H x W`` in [0, 1] -> the tensors ``loss`` reads, with its
-    quantized submodules at the names ``TaskExport.quantized_modules`` gives; ``loss(outputs,
+    quantized submodules at the names ``TaskExport.int8_scope`` gives; ``loss(outputs,
     batch)``: the training loss (a scalar) of ``graph``'s outputs on a training ``batch`` of the
     run's datamodule (images first); ``finish(converted)``: the export graph (images -> the
     task's exported outputs) around the converted int8 ``graph``."""
@@ -65,11 +65,11 @@ def finetune_qat(
     image_size: tuple[int, int],
     steps: int,
     lr: float,
-    modules: Sequence[str] | None = None,
+    scope: Int8Scope = Int8Scope(),
 ) -> QATResult:
     """Fine-tune ``plan.graph`` with fake quantization for ``steps`` SGD steps (momentum 0.9, ``lr``)
-    on ``datamodule``'s training batches, whose images must be ``image_size = (H, W)``; convert to
-    int8 (``modules``: the submodules quantized, None: all) and return ``plan.finish`` of it."""
+    on ``datamodule``'s training batches, whose images must be ``image_size = (H, W)``; convert
+    ``scope`` to int8 and return ``plan.finish`` of it."""
     require_extra("mobile", "torchao.quantization.pt2e.quantize_pt2e", "--qat_steps")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
@@ -91,7 +91,7 @@ def finetune_qat(
             conv.bias.requires_grad_(conv.weight.requires_grad)  # a folded BN's shift trains with its conv
     with torch.no_grad():  # traced outside autograd (the in-place ReLU6 Function is F.relu6 there)
         exported = torch.export.export(graph, (first[0],), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    prepared = prepare_qat_pt2e(exported.module(), xnnpack_quantizer(modules, is_qat=True))
+    prepared = prepare_qat_pt2e(exported.module(), xnnpack_quantizer(scope, is_qat=True))
     parameters = [parameter for parameter in prepared.parameters() if parameter.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9)
     losses = []

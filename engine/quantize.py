@@ -6,14 +6,17 @@
 - ONNX: onnxruntime's static QDQ quantization: uint8 activations (min / max, per tensor) and
   per-channel int8 weights.
 
-A task may keep part of its graph in float (``TaskExport.quantized_modules``): SSDLite's box
-decoding works in pixels, which int8 cannot hold to a pixel, and its predictor outputs share
-one scale across feature maps once concatenated.
+A task says which part of its graph int8 quantizes (``Int8Scope``, from
+``TaskExport.int8_scope``) and keeps the rest float: SSDLite's box decoding works in pixels,
+which int8 cannot hold to a pixel, and its predictor outputs share one scale across feature
+maps once concatenated. Convs whose outputs int8 cannot hold (class logits) may be quantized
+dynamically instead (ExecuTorch only): int8 weights and inputs, float outputs.
 """
 
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
@@ -30,9 +33,22 @@ if TYPE_CHECKING:
 CALIBRATION_BATCH = 16
 
 
-def xnnpack_quantizer(modules: Sequence[str] | None = None, is_qat: bool = False) -> XNNPACKQuantizer:
+@dataclass(frozen=True)
+class Int8Scope:
+    """The part of a graph that int8 quantizes, by submodule path.
+
+    ``static``: int8 activations with scales calibrated ahead of time and per-channel int8
+    weights (None: the whole graph). ``dynamic`` (ExecuTorch; ONNX keeps them float): convs with
+    per-channel int8 weights whose inputs are quantized per call (a scale from each input's own
+    range) and whose outputs stay float, for outputs that one calibrated int8 scale cannot hold."""
+
+    static: Sequence[str] | None = None
+    dynamic: Sequence[str] = ()
+
+
+def xnnpack_quantizer(scope: Int8Scope = Int8Scope(), is_qat: bool = False) -> XNNPACKQuantizer:
     """The XNNPACK quantizer (int8 activations per tensor, symmetric per-channel int8 weights; QAT:
-    fake-quant observers) restricted to the submodules named in ``modules`` (None: all)."""
+    fake-quant observers) restricted to ``scope``."""
     require_extra("mobile", "torchao.quantization.pt2e.quantize_pt2e", "--quantize int8 (ExecuTorch)")
     require_extra("mobile", "executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "--quantize int8 (ExecuTorch)")
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -42,25 +58,31 @@ def xnnpack_quantizer(modules: Sequence[str] | None = None, is_qat: bool = False
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
+    dynamic = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True, is_qat=is_qat)
+
     class Quantizer(XNNPACKQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             # XNNPACK's cat annotator ignores the filter: mark the cats outside it as done, unquantized.
             for node in model.graph.nodes:
                 if node.target == torch.ops.aten.cat.default and self.filter_fn and not self.filter_fn(node):
                     node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+            # The dynamic convs first, so that the static pass finds them annotated. (Not by
+            # ``set_module_name``: its filter rejects the weights, which carry no module path.)
+            if scope.dynamic:
+                self._annotate_all_patterns(model, dynamic, inside_modules(scope.dynamic))
             return super().annotate(model)
 
     quantizer = Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
-    if modules is not None:
-        quantizer.set_filter_function(inside_modules(modules))
+    if scope.static is not None:
+        quantizer.set_filter_function(inside_modules([*scope.static, *scope.dynamic]))
     return quantizer
 
 
-def quantize_pt2e(graph: nn.Module, calibration: torch.Tensor, modules: Sequence[str] | None = None) -> nn.Module:
+def quantize_pt2e(graph: nn.Module, calibration: torch.Tensor, scope: Int8Scope = Int8Scope()) -> nn.Module:
     """``graph`` (deployable, eval mode) exported, observed on ``calibration`` (``K x 3 x H x W``
     images in [0, 1]) and converted to int8 (quantize / dequantize nodes around int8 ops, which
-    XNNPACK lowers to its int8 kernels). ``modules``: the submodule names quantized (None: all)."""
-    quantizer = xnnpack_quantizer(modules)
+    XNNPACK lowers to its int8 kernels) over ``scope``."""
+    quantizer = xnnpack_quantizer(scope)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     batches = calibration.split(CALIBRATION_BATCH)
@@ -121,10 +143,10 @@ def onnx_nodes_in(model_path: str | Path, modules: Sequence[str]) -> list[str]:
 
 
 def quantize_onnx(
-    float_path: str | Path, path: str | Path, calibration: torch.Tensor, modules: Sequence[str] | None = None
+    float_path: str | Path, path: str | Path, calibration: torch.Tensor, scope: Int8Scope = Int8Scope()
 ) -> Path:
     """Write to ``path`` the int8 QDQ version of the float ONNX file ``float_path``, calibrated on
-    ``calibration`` (``K x 3 x H x W`` in [0, 1]); ``modules``: the submodules quantized (None: all)."""
+    ``calibration`` (``K x 3 x H x W`` in [0, 1]), over ``scope.static`` (its dynamic part stays float)."""
     quantization = require_extra("export", "onnxruntime.quantization", "--quantize int8 (ONNX)")
     import onnxruntime
 
@@ -139,6 +161,6 @@ def quantize_onnx(
         weight_type=quantization.QuantType.QInt8,
         per_channel=True,
         calibrate_method=quantization.CalibrationMethod.MinMax,
-        nodes_to_quantize=None if modules is None else onnx_nodes_in(float_path, modules),
+        nodes_to_quantize=None if scope.static is None else onnx_nodes_in(float_path, scope.static),
     )
     return Path(path)

@@ -19,11 +19,14 @@ from torch.nn import functional as F
 from deeplab_mobile.export import ExportedSegmenter
 from engine import Parity, TaskExport
 from engine.parity import compare_detection_matches, compare_label_maps, compare_top_detections
-from ssdlite.export import ExportedDetector, quantized_detector_modules
+from engine.qat import QATPlan
+from engine.quantize import Int8Scope
+from ssdlite.export import ExportedDetector, detector_int8_scope
 from ssdlite.postprocess import select_detections
 
 from .model import MultiTaskModel
 from .module import MultiTaskModule
+from .qat import qat_plan
 
 SEGMENTATION_SHAPES = {"logits": "N x C_seg x H x W (float)", "labels": "N x H x W (int64)"}
 
@@ -115,10 +118,13 @@ class MultiTaskExport(TaskExport):
         masks = compare_label_maps(segmentation, exported_segmentation.numpy(), min_agreement=0.98)
         return Parity(detection.passed and masks.passed, f"detection: {detection.summary}; segmentation: {masks.summary}")
 
-    def quantized_modules(self, graph: nn.Module, args: argparse.Namespace) -> list[str]:
+    def int8_scope(self, graph: nn.Module, args: argparse.Namespace) -> Int8Scope:
         # The detector's int8 part as SSDLite's, and the whole segmentation side, as DeepLab's.
-        segmentation = ["model.seg_adapter", "model.segmenter"]
-        return quantized_detector_modules("model.detector", graph.model.detector) + segmentation
+        detector = detector_int8_scope("model.detector", graph.model.detector)
+        return Int8Scope([*detector.static, "model.seg_adapter", "model.segmenter"], detector.dynamic)
+
+    def qat_plan(self, module: MultiTaskModule, args: argparse.Namespace) -> QATPlan:
+        return qat_plan(module.model, self.image_size(module, args), labels=args.output_kind == "labels")
 
     def evaluation_model(
         self,

@@ -22,6 +22,7 @@ from engine import Parity, TaskExport
 from engine.qat import QATPlan
 from engine import export_onnx as export_graph
 from engine.parity import compare_detection_matches, compare_top_detections
+from engine.quantize import Int8Scope
 
 from .export_nms import OUTPUTS as NMS_OUTPUTS
 from .export_nms import DetectionsWithNMS, as_detections, compare_selected_detections, unpad_detections
@@ -78,14 +79,18 @@ class ExportedDetector(nn.Module):
         return self.select(boxes * scale, *rest)
 
 
-def quantized_detector_modules(prefix: str, model: SSDLite) -> list[str]:
+def detector_int8_scope(prefix: str, model: SSDLite) -> Int8Scope:
     """The int8 part of ``model``, an ``SSDLite`` at submodule path ``prefix``: backbone, extras,
     the box predictors (each output with its own scale) and the depthwise layers of the class
-    predictors. Their 1 x 1 class convs stay float: int8 logits cost more accuracy than the rest
-    of the network together, post-training and after quantization-aware fine-tuning alike. The
-    head's concatenation over feature maps stays float too, as does the box decoding (pixels)."""
-    classification = [f"{prefix}.head.classification.{i}.0" for i in range(len(model.head.classification))]
-    return [f"{prefix}.features", f"{prefix}.head.regression", *classification]
+    predictors, static; the class predictors' 1 x 1 convs dynamic (int8 weights and inputs,
+    float logits): int8 logits at one calibrated scale cost more accuracy than the rest of the
+    network together. The head's concatenation over feature maps and the box decoding (pixels)
+    stay float."""
+    predictors = range(len(model.head.classification))
+    return Int8Scope(
+        static=[f"{prefix}.features", f"{prefix}.head.regression", *(f"{prefix}.head.classification.{i}.0" for i in predictors)],
+        dynamic=[f"{prefix}.head.classification.{i}.1" for i in predictors],
+    )
 
 
 class SSDLiteExport(TaskExport):
@@ -127,8 +132,8 @@ class SSDLiteExport(TaskExport):
         boxes, scores = (torch.as_tensor(output) for output in exported)
         return compare_detection_matches(select_detections(*reference), select_detections(boxes, scores))
 
-    def quantized_modules(self, graph: nn.Module, args: argparse.Namespace) -> list[str]:
-        return quantized_detector_modules("model", graph.model)
+    def int8_scope(self, graph: nn.Module, args: argparse.Namespace) -> Int8Scope:
+        return detector_int8_scope("model", graph.model)
 
     def qat_plan(self, module: SSDLiteModule, args: argparse.Namespace) -> QATPlan:
         return qat_plan(module.model, self.image_size(module, args))

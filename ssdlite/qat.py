@@ -33,7 +33,8 @@ class HeadOutputs(nn.Module):
 class DecodedHeadOutputs(nn.Module):
     """``images`` ``N x 3 x H x W`` in [0, 1] -> ``SSDLite.decode``'s boxes ``N x A x 4`` (xyxy,
     input pixels, clipped) and scores ``N x A x C``, from ``head_outputs`` (a graph giving
-    ``HeadOutputs``' tensors) and the ``A x 4`` ``anchors`` of the ``image_size = (H, W)`` input."""
+    ``HeadOutputs``' tensors, then any others, passed on after the two) and the ``A x 4``
+    ``anchors`` of the ``image_size = (H, W)`` input."""
 
     def __init__(self, head_outputs: nn.Module, model: SSDLite, anchors: torch.Tensor, image_size: tuple[int, int]) -> None:
         super().__init__()
@@ -41,11 +42,12 @@ class DecodedHeadOutputs(nn.Module):
         self.register_buffer("anchors", anchors)
         self.box_coder, self.score_activation, self.image_size = model.box_coder, model.score_activation, image_size
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cls_logits, bbox_regression = self.head_outputs(images)
-        return decode_detections(
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cls_logits, bbox_regression, *others = self.head_outputs(images)
+        boxes, scores = decode_detections(
             cls_logits, bbox_regression, self.anchors, self.box_coder, self.image_size, self.score_activation
         )
+        return boxes, scores, *others
 
 
 def qat_plan(model: SSDLite, image_size: tuple[int, int]) -> QATPlan:
