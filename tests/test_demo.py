@@ -38,14 +38,20 @@ def test_run_folder_holds_checkpoints_logs_config_and_pictures(demo, task, metri
     grid = Image.open(result["grid"])
     assert grid.format == "JPEG" and grid.width > 256
     assert result["onnx_parity"].endswith("OK") and Path(result["onnx"]).is_file()
-    fp32, int8 = result["executorch"]["float"], result["executorch"]["int8"]
+    fp32 = result["executorch"]["float"]
     assert fp32["parity"].endswith("OK") and fp32["path"] == str(run / f"{task}.pte") and fp32["quantized"] is None
-    assert int8["path"] == str(run / f"{task}_int8.pte") and isinstance(int8["quantized"], float)
-    for entry in (fp32, int8):  # each file with its report beside it
-        report = json.loads(Path(entry["report"]).read_text())
-        assert report["size_bytes"] == Path(entry["path"]).stat().st_size == entry["size_bytes"]
-    assert int8["size_bytes"] < 0.4 * fp32["size_bytes"]
-    assert json.loads(Path(int8["report"]).read_text())["calibration"]["images"] == 4
+    report = json.loads(Path(fp32["report"]).read_text())  # each file with its report beside it
+    assert report["size_bytes"] == Path(fp32["path"]).stat().st_size == fp32["size_bytes"]
+
+
+def test_int8_program_is_calibrated_evaluated_and_reported(demo):
+    # The tiny demo lowers the joint model's int8 program only (the full demo: every task's).
+    run, fp32, int8 = Path(demo["run_folder"]), demo["multitask"]["executorch"]["float"], demo["multitask"]["executorch"]["int8"]
+    assert int8["path"] == str(run / "multitask_int8.pte") and isinstance(int8["quantized"], float)
+    report = json.loads(Path(int8["report"]).read_text())
+    assert report["size_bytes"] == Path(int8["path"]).stat().st_size == int8["size_bytes"]
+    assert report["calibration"]["images"] == 4 and set(report["quantized_metrics"]) == set(report["float_metrics"])
+    assert int8["size_bytes"] < 0.35 * fp32["size_bytes"]
 
 
 def test_executorch_detector_runs_one_image_at_a_time_and_refuses_other_sizes(demo):
@@ -66,9 +72,11 @@ def test_detection_results_are_an_official_coco_results_file(demo):
 
 
 def test_summary_names_metrics_and_where_the_outputs_are(demo):
-    assert "val mAP" in demo["stdout"] and "val mIoU" in demo["stdout"]
-    assert all(demo[task]["grid"] in demo["stdout"] for task in ("ssdlite", "deeplab", "multitask"))
-    assert all(demo[task]["executorch"]["int8"]["path"] in demo["stdout"] for task in ("ssdlite", "deeplab", "multitask"))
+    summary = demo["stdout"].split("Demo finished")[-1]
+    assert "val mAP" in summary and "val mIoU" in summary
+    assert all(demo[task]["grid"] in summary for task in ("ssdlite", "deeplab", "multitask"))
+    programs = [demo[task]["executorch"]["float"]["path"] for task in ("ssdlite", "deeplab")]
+    assert all(path in summary for path in [*programs, demo["multitask"]["executorch"]["int8"]["path"]])
     written = json.loads((Path(demo["run_folder"]) / "summary.json").read_text())
     assert written["wall_seconds"] == demo["wall_seconds"]
     assert f"Demo finished in {demo['wall_seconds'] / 60:.1f} min" in demo["stdout"]
