@@ -23,6 +23,10 @@ from core.constants import voc_palette
 
 from .problems import DataProblem
 
+# OpenCV's own thread pool: a DataLoader worker forked while its threads are busy can hang on
+# it, and on a few cores it only competes with torch's threads. One thread per process.
+cv2.setNumThreads(0)
+
 EXIF_ORIENTATION = 0x0112
 # EXIF orientations that turn the stored image by 90 degrees: its upright size is (w, h).
 EXIF_TRANSPOSED = (5, 6, 7, 8)
