@@ -1,4 +1,4 @@
-"""Post-training static int8 quantization, calibrated on the same images for both runtimes.
+"""Post-training int8 quantization, calibrated on the same images for both runtimes.
 
 - ExecuTorch: PT2E (``torchao``) with the XNNPACK quantizer: int8 activations (histogram
   observers, per tensor) and symmetric per-channel int8 weights, the layout XNNPACK's int8
