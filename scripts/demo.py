@@ -35,11 +35,13 @@ from torchvision.utils import make_grid
 
 from datamodules.shapes import generate_shapes
 from deeplab_mobile import cli as deeplab_cli
+from engine.export_report import report_path
 from multitask import cli as multitask_cli
 from ssdlite import cli as ssdlite_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("ssdlite", "deeplab", "multitask")
+COMMANDS = {"ssdlite": ssdlite_cli.main, "deeplab": deeplab_cli.main, "multitask": multitask_cli.main}
 CONFIGS = {task: REPO / "configs" / f"{task}_shapes.yaml" for task in TASKS}
 MONITOR = {"ssdlite": "val/map", "deeplab": "val/mIoU", "multitask": "val/score"}
 PICTURE_SUFFIX = {"ssdlite": "_boxes.jpg", "deeplab": "_overlay.jpg", "multitask": "_joint.jpg"}
@@ -203,7 +205,7 @@ def export_task(
 def mobile_entry(export: Any) -> dict[str, Any]:
     """What the demo keeps of an ExecuTorch export: its file, report and their main figures."""
     report = export.report
-    return {"path": str(export.path), "report": f"{export.path}.json", "size_bytes": report["size_bytes"],
+    return {"path": str(export.path), "report": str(report_path(export.path)), "size_bytes": report["size_bytes"],
             "latency_ms": report["latency_ms"], "metric_name": report["metric_name"], "float": report["float"],
             "quantized": report["quantized"], "parity": export.summary}  # fmt: skip
 
@@ -228,17 +230,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parity_image = str(sorted(sample.glob("*.jpg"))[0])
 
     summary: dict[str, Any] = {"run_folder": str(out), "data": str(data_root)}
-    summary["ssdlite"] = run_task("ssdlite", ssdlite_cli.main, out, data_root, sample, settings)
-    summary["deeplab"] = run_task("deeplab", deeplab_cli.main, out, data_root, sample, settings)
-    summary["multitask"] = run_task("multitask", multitask_cli.main, out, data_root, sample, settings)
+    for task in TASKS:
+        summary[task] = run_task(task, COMMANDS[task], out, data_root, sample, settings)
 
     export_sizes = {
         "ssdlite": ["--image_size", str(settings["ssdlite_export_size"])] if settings["ssdlite_export_size"] else [],
         "deeplab": ["--image_size", *map(str, settings["deeplab_export_size"])],
         "multitask": [],
     }
-    for task, main in (("ssdlite", ssdlite_cli.main), ("deeplab", deeplab_cli.main), ("multitask", multitask_cli.main)):
-        summary[task].update(export_task(task, main, summary[task], out, parity_image, export_sizes[task], settings))
+    for task in TASKS:
+        summary[task].update(export_task(task, COMMANDS[task], summary[task], out, parity_image, export_sizes[task], settings))
 
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

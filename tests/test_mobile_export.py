@@ -1,5 +1,5 @@
-"""Mobile export: int8 ONNX with the JSON report (float and int8 ``.pte`` files of every task: the
-tiny demo, tests/test_demo.py), and the bad inputs (another task's checkpoint, unreadable calibration
+"""Mobile export: int8 ONNX with the JSON report (every task's float ``.pte`` and the joint
+model's int8 one: the tiny demo, tests/test_demo.py), and the bad inputs (another task's checkpoint, unreadable calibration
 images, a missing extra, an input size the file was not exported for).
 
 One end-to-end command per path, on random-weight width-0.35 checkpoints at 64 px and a

@@ -43,6 +43,11 @@ def datamodule(shapes, tmp_path_factory):
     return datamodule_from_config(config)
 
 
+def graph_targets(graph: torch.nn.Module) -> set[str]:
+    return {str(node.target) for module in graph.modules() if isinstance(module, torch.fx.GraphModule)
+            for node in module.graph.nodes}  # fmt: skip
+
+
 def test_ssdlite_head_trains_fake_quantized_and_converts_to_int8(datamodule):
     model = SSDLiteModule(num_classes=len(CLASS_NAMES), width_mult=0.35, image_size=SIZE).model.eval()
     before = model.head.classification[0][1].weight.detach().clone()
@@ -52,7 +57,7 @@ def test_ssdlite_head_trains_fake_quantized_and_converts_to_int8(datamodule):
     assert result.summary["steps"] == 3 and result.summary["batch_size"] == 2 and result.summary["trained_parameters"] > 0
     assert torch.isfinite(torch.tensor([result.summary["first_loss"], result.summary["last_loss"]])).all()
     torch.testing.assert_close(model.head.classification[0][1].weight, before)  # the checkpoint's model is untouched
-    targets = {str(node.target) for node in result.graph.head_outputs.graph.nodes}
+    targets = graph_targets(result.graph)
     assert any("quantize_per_channel" in target for target in targets)  # int8 weights
     assert any("quantize_per_tensor" in target for target in targets)  # int8 activations
     assert any("choose_qparams" in target for target in targets)  # class convs: inputs quantized per call
@@ -60,11 +65,6 @@ def test_ssdlite_head_trains_fake_quantized_and_converts_to_int8(datamodule):
         boxes, scores = result.graph(torch.rand(1, 3, SIZE, SIZE))
         reference_boxes, reference_scores = model.decode(torch.rand(1, 3, SIZE, SIZE))
     assert boxes.shape == reference_boxes.shape and scores.shape == reference_scores.shape
-
-
-def graph_targets(graph: torch.nn.Module) -> set[str]:
-    return {str(node.target) for module in graph.modules() if isinstance(module, torch.fx.GraphModule)
-            for node in module.graph.nodes}  # fmt: skip
 
 
 def test_deeplab_logits_train_fake_quantized_and_convert_to_int8_labels(shapes):
@@ -87,7 +87,16 @@ def test_joint_outputs_train_fake_quantized_under_both_losses(shapes):
                              image_size=SIZE).eval()  # fmt: skip
     export, args = MultiTaskExport(), argparse.Namespace(image_size=None, output_kind="logits")
     scope = export.int8_scope(JointOutputs(module.model), args)
-    result = finetune_qat(export.qat_plan(module, args), datamodule, (SIZE, SIZE), steps=2, lr=0.01, scope=scope)
+    plan = export.qat_plan(module, args)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    with torch.no_grad():  # the loss reads both tasks' outputs: class 0 made certain changes each
+        cls_logits, bbox_regression, logits = plan.graph(batch[0])
+        loss = plan.loss((cls_logits, bbox_regression, logits), batch)
+        class_0 = torch.tensor([0])
+        assert loss != plan.loss((cls_logits, bbox_regression, logits.index_fill(1, class_0, 10.0)), batch)
+        assert loss != plan.loss((cls_logits.index_fill(-1, class_0, 10.0), bbox_regression, logits), batch)
+    result = finetune_qat(plan, datamodule, (SIZE, SIZE), steps=2, lr=0.01, scope=scope)
 
     assert result.summary["steps"] == 2 and torch.isfinite(torch.tensor(result.summary["last_loss"]))
     targets = graph_targets(result.graph)
