@@ -45,6 +45,37 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.taps: tuple[str, ...] = ()
+        self.frozen_modules: list[nn.Module] = []
+
+    def freeze(self, until: bool | str) -> None:
+        """Stop training the whole backbone (``True``) or its layers before the first parameter
+        whose name starts with ``until`` (e.g. ``"features.14"``: MobileNetV2 up to stride 16;
+        ``"layer4"``: ResNet); ``False`` freezes nothing. Frozen layers keep their weights and
+        their BN statistics: they stay in eval mode through ``train()``. Parameters register in
+        network order."""
+        if until is False:
+            return
+        names = [name for name, _ in self.named_parameters()]
+        if until is True:
+            frozen = set(names)
+        else:
+            first = next((i for i, name in enumerate(names) if name.startswith(until)), None)
+            if first is None:
+                raise ValueError(f"freeze_backbone={until!r} starts no parameter name of the backbone ({names[0]} ...)")
+            frozen = set(names[:first])
+        for prefix, module in self.named_modules():
+            own = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+            if own and all(name in frozen for name in own):
+                module.requires_grad_(False)
+                self.frozen_modules.append(module)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """As ``nn.Module.train``; frozen layers (``freeze``) stay in eval mode."""
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()
+        return self
 
     # --- tap look-ups the heads use -------------------------------------------------------
     def info(self, name: str) -> FeatureInfo:

@@ -67,8 +67,9 @@ def run_row(name: str, args: argparse.Namespace) -> list[Row]:
         from datamodules.shapes import generate_shapes
 
         with tempfile.TemporaryDirectory() as tmp:
-            root = generate_shapes(tmp, num_train=48, num_val=2, seed=0)
-            return finetune_rows(Path(root) / "coco", Path(tmp) / "run", steps=8 if args.quick else 30, threads=args.threads)
+            root = generate_shapes(tmp, num_train=96, num_val=24, seed=0)
+            return finetune_rows(Path(root) / "coco", Path(tmp) / "run", steps=8 if args.quick else 30,
+                                 seconds=20 if args.quick else 150, threads=args.threads)  # fmt: skip
     raise ValueError(f"unknown row {name!r}; rows: {ROWS}")
 
 

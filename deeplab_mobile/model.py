@@ -139,6 +139,7 @@ def build_deeplab(
     head_tap: str | None = None,
     low_level_tap: str | None = None,
     grad_checkpointing: int | None = None,
+    freeze_backbone: bool | str = False,
 ) -> DeepLab:
     """Build a DeepLab segmenter.
 
@@ -158,8 +159,13 @@ def build_deeplab(
         grad_checkpointing: recompute the backbone's first blocks in the backward pass instead
             of keeping their activations (``Backbone.set_grad_checkpointing``); ``None`` keeps
             the backbone's default (MobileNetV2: 3 blocks), 0 turns it off.
+        freeze_backbone: keep the (pretrained) backbone's layers before a parameter-name prefix
+            fixed, weights and BN statistics (``Backbone.freeze``; ``True``: all of it). A cheap
+            fine-tune on a CPU, where the first layers' backward pass at full resolution is
+            much of a step. The paper's recipe trains everything (``False``).
     """
     net = build_backbone(backbone, pretrained=pretrained_backbone, output_stride=output_stride, width_mult=width_mult)
+    net.freeze(freeze_backbone)
     parts = deeplab_head_parts(
         net, head, atrous_rates, separable, channels, dropout, head_tap, low_level_tap, output_stride
     )

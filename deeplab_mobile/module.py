@@ -58,7 +58,8 @@ class DeepLabModule(TaskModule):
     ``grad_checkpointing`` recomputes that many backbone blocks in the backward pass instead of
     keeping their activations (``build_deeplab``; default the backbone's, 3 for MobileNetV2;
     0 for the fastest step); ``channels_last`` keeps weights, hence
-    activations, in NHWC order, which oneDNN and cuDNN run faster.
+    activations, in NHWC order, which oneDNN and cuDNN run faster. ``freeze_backbone`` keeps
+    the backbone's first layers fixed (``build_deeplab``).
     """
 
     RUN_TIME_OPTIONS = (*TaskModule.RUN_TIME_OPTIONS, "output_stride", "eval_scales", "eval_flip", "init_from")
@@ -88,12 +89,13 @@ class DeepLabModule(TaskModule):
         max_nonfinite_steps: int = 5,
         grad_checkpointing: int | None = None,
         channels_last: bool = True,
+        freeze_backbone: bool | str = False,
     ) -> None:
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} entries for {num_classes} classes")
         model = build_deeplab(
             num_classes, backbone, output_stride, head, pretrained_backbone, width_mult, atrous_rates, separable,
-            dropout=dropout, grad_checkpointing=grad_checkpointing,
+            dropout=dropout, grad_checkpointing=grad_checkpointing, freeze_backbone=freeze_backbone,
         )  # fmt: skip
         super().__init__(model, channels_last, max_nonfinite_steps, prediction_dir)
         self.register_buffer(

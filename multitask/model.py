@@ -82,11 +82,6 @@ class MultiTaskModel(nn.Module):
     def num_seg_classes(self) -> int:
         return self.segmenter.num_classes
 
-    def train(self, mode: bool = True) -> "MultiTaskModel":
-        super().train(mode)
-        self.detector.train(mode)  # keeps its frozen layers in eval mode
-        return self
-
     def raw_outputs(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """One backbone pass: SSDLite's head outputs and anchors (``SSDLite.predict_raw``) and
         the segmentation logits ``N x num_seg_classes x H x W`` at the input size."""

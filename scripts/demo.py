@@ -51,14 +51,14 @@ GRID_CELL = 256  # pictures differ in size: each is resized to a square cell of 
 # The joint model's training (configs/multitask_shapes.yaml, shortened): what fits the demo's
 # 15 minutes beside the single-task runs.
 MULTITASK_EPOCHS = 18
-# About 7 + 2.5 minutes of training on two cores: the shapes configs' recipes (SSDLite at 224 px
-# with its backbone frozen up to stride 16), shortened to 648 and 150 iterations.
+# The shapes configs' recipes (SSDLite at 224 px with its backbone frozen up to stride 16,
+# DeepLab with its backbone frozen up to stride 8), shortened to 648 and 288 iterations.
 FULL = {
     "num_train": 192,
     "num_val": 48,
     "image_sizes": (320, 480),  # shortest and longest side of the generated images
     "ssdlite": {"trainer": {"max_epochs": 54, "check_val_every_n_epoch": 18}, "model": {}},
-    "deeplab": {"trainer": {"max_steps": 150, "check_val_every_n_epoch": 3}, "model": {}},
+    "deeplab": {"trainer": {"max_steps": 288, "check_val_every_n_epoch": 3}, "model": {}},
     "multitask": {"trainer": {"max_epochs": MULTITASK_EPOCHS, "check_val_every_n_epoch": MULTITASK_EPOCHS}, "model": {}},
     "ssdlite_export_size": None,  # the checkpoint's training size
     "deeplab_export_size": [513, 513],  # 16 k + 1: the model's own geometry, no padding inside

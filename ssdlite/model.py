@@ -53,15 +53,7 @@ class SSDLite(nn.Module):
         self.nms_threshold = nms_threshold
         self.topk_per_class = topk_per_class
         self.detections_per_image = detections_per_image
-        self.frozen_modules = freeze_backbone_layers(features.backbone, freeze_backbone)
-        self.train()
-
-    def train(self, mode: bool = True) -> "SSDLite":
-        """As ``nn.Module.train``; frozen backbone layers stay in eval mode (BN statistics fixed)."""
-        super().train(mode)
-        for module in self.frozen_modules:
-            module.eval()
-        return self
+        features.backbone.freeze(freeze_backbone)
 
     @property
     def score_activation(self) -> Literal["softmax", "sigmoid"]:
@@ -135,30 +127,6 @@ def check_targets(images: torch.Tensor, targets: Sequence[dict] | None, model_na
         raise ValueError(f"got {len(targets)} targets for {images.shape[0]} images")
 
 
-def freeze_backbone_layers(backbone: nn.Module, freeze: bool | str) -> list[nn.Module]:
-    """Stop training the backbone (``True``) or its layers before the first parameter whose name
-    starts with ``freeze`` (e.g. ``"features.14"``: MobileNetV2 up to stride 16; ``"layer4"``:
-    ResNet). Parameters register in network order. Returns the frozen modules, to keep in eval mode.
-    """
-    if freeze is False:
-        return []
-    names = [name for name, _ in backbone.named_parameters()]
-    if freeze is True:
-        frozen = set(names)
-    else:
-        first = next((i for i, name in enumerate(names) if name.startswith(freeze)), None)
-        if first is None:
-            raise ValueError(f"freeze_backbone={freeze!r} starts no parameter name of the backbone ({names[0]} ...)")
-        frozen = set(names[:first])
-    modules = []
-    for prefix, module in backbone.named_modules():
-        own = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
-        if own and all(name in frozen for name in own):
-            module.requires_grad_(False)
-            modules.append(module)
-    return modules
-
-
 def build_ssdlite(
     num_classes: int = 80,
     backbone: str = "mobilenet_v2",
@@ -187,7 +155,7 @@ def build_ssdlite(
     backbone's deepest stride-16 and stride-32 taps. ``image_size`` is checked to give every
     map at least one pixel; anchors adapt to whatever size the model is run at.
     ``freeze_backbone`` keeps the (pretrained) backbone fixed, weights and BN statistics
-    (``True``), or its layers before a parameter-name prefix (see ``freeze_backbone_layers``):
+    (``True``), or its layers before a parameter-name prefix (see ``Backbone.freeze``):
     a cheap fine-tune for small data or a CPU, where the backbone's backward pass is most of a
     training step. The paper's recipe trains everything (``False``).
     ``grad_checkpointing`` recomputes the backbone's first blocks in the backward pass

@@ -1,5 +1,7 @@
 """MobileNetV2 against the paper and torchvision; the registry's uniform feature interface."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,55 @@ def test_selected_taps_drop_later_layers():
     assert len(backbone.features) == 18
     out = backbone(torch.randn(1, 3, 64, 64))
     assert list(out) == ["features.3", "features.17"]
+
+
+def test_frozen_layers_keep_weights_and_bn_statistics_through_a_training_step():
+    backbone = build_backbone("mobilenet_v2", width_mult=0.35)
+    backbone.freeze("features.7")  # MobileNetV2 up to stride 8
+    backbone.train()
+    trainable = {name.split(".")[1] for name, p in backbone.named_parameters() if p.requires_grad}
+    assert trainable == {str(i) for i in range(7, 19)}
+    frozen_before = {k: v.clone() for k, v in backbone.state_dict().items() if int(k.split(".")[1]) < 7}
+    trained_before = backbone.features[8].conv[0][1].running_mean.clone()
+    optimizer = torch.optim.SGD([p for p in backbone.parameters() if p.requires_grad], lr=0.1)
+    sum(m.square().mean() for m in backbone(torch.randn(2, 3, 64, 64)).values()).backward()
+    optimizer.step()
+    assert all(torch.equal(frozen_before[k], v) for k, v in backbone.state_dict().items() if k in frozen_before)
+    assert not torch.equal(trained_before, backbone.features[8].conv[0][1].running_mean)
+    assert not backbone.features[3].conv[0][1].training and backbone.features[8].conv[0][1].training
+
+    whole = build_backbone("resnet18")
+    whole.freeze(True)
+    whole.train()
+    assert not any(p.requires_grad for p in whole.parameters())
+    assert not any(m.training for m in whole.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with pytest.raises(ValueError, match="starts no parameter"):
+        build_backbone("mobilenet_v2").freeze("layer9")
+
+
+def build_task_model(task: str, freeze: str) -> torch.nn.Module:
+    from deeplab_mobile import build_deeplab
+    from multitask import build_multitask
+    from ssdlite import build_ssdlite
+
+    if task == "ssdlite":
+        return build_ssdlite(num_classes=3, width_mult=0.35, image_size=128, freeze_backbone=freeze)
+    if task == "deeplab":
+        return build_deeplab(num_classes=3, width_mult=0.35, freeze_backbone=freeze)
+    return build_multitask(num_det_classes=3, num_seg_classes=4, width_mult=0.35, image_size=128, freeze_backbone=freeze)
+
+
+@pytest.mark.parametrize("task", ["ssdlite", "deeplab", "multitask"])
+def test_every_task_freezes_exactly_its_backbone_layers_before_the_prefix(task):
+    model = build_task_model(task, "features.14").train()
+
+    def before_14(name: str) -> bool:
+        layer = re.search(r"(?:^|\.)features\.(\d+)\.", name)
+        return layer is not None and int(layer.group(1)) < 14
+
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, _ in model.named_parameters() if before_14(name)}
+    assert all(m.training != before_14(f"{name}.") for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 REGISTERED = ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "resnet18", "resnet50", "timm:mobilenetv3_large_100"]

@@ -204,20 +204,6 @@ def test_voc07_metric_is_11_point_ap_at_half_iou():
     assert float(metric.compute()["map"]) == pytest.approx(expected, abs=1e-6)
 
 
-def test_freezing_the_backbone_up_to_a_layer():
-    model = build_ssdlite(num_classes=3, width_mult=0.35, image_size=128, freeze_backbone="features.14").train()
-    backbone = model.features.backbone
-    trainable = {name.split(".")[1] for name, p in backbone.named_parameters() if p.requires_grad}
-    assert trainable == {"14", "15", "16", "17", "18"}
-    assert not backbone.features[3].conv[0][1].training and backbone.features[15].conv[0][1].training
-    assert all(p.requires_grad for p in model.head.parameters())
-    whole = build_ssdlite(num_classes=3, width_mult=0.35, image_size=128, freeze_backbone=True).train()
-    assert not any(p.requires_grad for p in whole.features.backbone.parameters())
-    assert not any(m.training for m in whole.features.backbone.modules() if isinstance(m, nn.BatchNorm2d))
-    with pytest.raises(ValueError, match="starts no parameter"):
-        build_ssdlite(num_classes=3, width_mult=0.35, freeze_backbone="layer9")
-
-
 @pytest.mark.parametrize("optimizer", ["sgd", "rmsprop"])
 def test_module_optimizer_skips_decay_on_bn_and_bias_and_warms_up_then_cosine(optimizer):
     from types import SimpleNamespace
