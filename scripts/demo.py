@@ -62,7 +62,7 @@ FULL = {
     "multitask": {"trainer": {"max_epochs": MULTITASK_EPOCHS, "check_val_every_n_epoch": MULTITASK_EPOCHS}, "model": {}},
     "ssdlite_export_size": None,  # the checkpoint's training size
     "deeplab_export_size": [513, 513],  # 16 k + 1: the model's own geometry, no padding inside
-    "calibration_images": 64,
+    "calibration_images": 128,  # DeepLab int8 mIoU vs float: -0.012 with 64, -0.008 with 128
     "int8_tasks": TASKS,
 }
 TINY = {
