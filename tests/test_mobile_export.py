@@ -1,6 +1,7 @@
 """Mobile export: int8 ONNX with the JSON report (every task's float ``.pte`` and the joint
-model's int8 one: the tiny demo, tests/test_demo.py), and the bad inputs (another task's checkpoint, unreadable calibration
-images, a missing extra, an input size the file was not exported for).
+model's int8 one: the tiny demo, tests/test_demo.py), and the bad inputs (another task's
+checkpoint, unreadable calibration images, a missing extra, an input size the file was not
+exported for).
 
 One end-to-end command per path, on random-weight width-0.35 checkpoints at 64 px and a
 shapes dataset of a few 64-80 px images (one training image unreadable), made once for the
