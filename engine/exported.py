@@ -87,7 +87,14 @@ def load_exported(path: str | Path, threads: int = 2) -> ExportedGraph:
         from executorch.runtime import Runtime
 
         set_executorch_threads(threads)
-        method = Runtime.get().load_program(path).load_method("forward")
+        try:
+            method = Runtime.get().load_program(path).load_method("forward")
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"{path}: the ExecuTorch runtime could not load this program ({err}); its log lines above say why. "
+                "For an int8 program written by export, usually a quantization scale that XNNPACK refuses: a layer "
+                "whose weights reach extreme magnitudes (look at the checkpoint's largest weights)"
+            ) from err
         batch, _, height, width = method.metadata.input_tensor_meta(0).sizes()
         return ExportedGraph(path, format, (height, width), batch, lambda images: method.execute([images]))
 

@@ -28,6 +28,7 @@ in a few lines).
 from __future__ import annotations
 
 import inspect
+import platform
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -51,6 +52,14 @@ STAGES = ("val", "test")
 
 class SmallBatchWarning(UserWarning):
     """A training batch was too small to train on (skipped samples, or a one-image dataset)."""
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic that oneDNN uses (x86 AVX512-BF16 or AMX; Arm's
+    BF16 extension): without it bf16 autocast is emulated, slower than float32."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -154,6 +163,13 @@ class TaskModule(CheckedCheckpoints, L.LightningModule):
         return None
 
     # --- training ------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.device.type == "cpu" and str(self.trainer.precision).startswith("bf16") and not cpu_computes_bf16():
+            rank_zero_warn(
+                f"precision={self.trainer.precision} on a CPU without AVX512-BF16 or AMX: bf16 is emulated there "
+                "and trains slower than float32; use --trainer.precision 32-true"
+            )
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         size = len(batch[0])
         if size < self.MIN_TRAIN_BATCH:

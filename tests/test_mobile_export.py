@@ -156,3 +156,10 @@ def test_detection_matching_rule():
     assert compare_detection_matches(reference, reference).passed
     assert not compare_detection_matches(reference, [{**reference[0], "boxes": shifted.repeat(10, 1)}]).passed
     assert not compare_detection_matches(reference, [{**reference[0], "labels": torch.ones(10, dtype=torch.long)}]).passed
+
+
+def test_a_program_the_runtime_cannot_load_is_named(tmp_path):
+    path = tmp_path / "broken.pte"
+    path.write_bytes(b"not an ExecuTorch program")
+    with pytest.raises(RuntimeError, match=r"broken\.pte: the ExecuTorch runtime could not load this program"):
+        load_exported(path)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -111,3 +112,14 @@ def test_a_third_task_needs_only_model_loss_and_metric(shapes_root: Path, tmp_pa
 
     image = next(photos.glob("*.jpg"))
     assert presence_main(["export", f"--ckpt_path={checkpoint}", "--output=presence.onnx", f"--image={image}"]).passed
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_named(shapes_root: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("engine.task.cpu_computes_bf16", lambda: False)
+    args = ["fit", "--data=datamodules.VOCSegmentationDataModule", f"--data.root={shapes_root}", "--data.crop_size=64",
+            "--data.batch_size=4", "--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+            "--trainer.accelerator=cpu", "--trainer.precision=bf16-mixed", "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=false"]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"without AVX512-BF16 or AMX: bf16 is emulated .* --trainer.precision 32-true"):
+        presence_main(args)
