@@ -34,11 +34,13 @@ class Backbone(nn.Module):
     ``seg_tap`` (the tap a segmentation head reads by default) and implement ``forward``
     returning ``{tap name: N x C x H/stride x W/stride}`` for the taps in ``self.taps``.
     ``mean`` / ``std`` are the per-channel normalisation the (pretrained) weights expect, for
-    images scaled to [0, 1].
+    images scaled to [0, 1]; ``stem`` names the layers at stride 2 and below, which int8 exports
+    keep float.
     """
 
     feature_info: list[FeatureInfo]
     seg_tap: str
+    stem: tuple[str, ...] = ()
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 

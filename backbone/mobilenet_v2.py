@@ -119,6 +119,7 @@ class MobileNetV2Backbone(Backbone):
     """
 
     seg_tap = "features.17"
+    stem = ("features.0", "features.1")  # the stride-2 conv and the first (stride-2) block
     DEFAULT_GRAD_CHECKPOINTING = 3  # the 160 x 160 layers at 320 px (``set_grad_checkpointing``)
 
     def __init__(self, width_mult: float = 1.0, output_stride: int = 32, taps: Sequence[str] | None = None) -> None:

@@ -14,6 +14,7 @@ for a command without a Trainer, so the task CLI hands ``export`` to ``run_expor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from .exported import ExportedGraph, load_exported
 from .extras import require_extra
 from .parity import Parity, describe_export, load_parity_batch
 from .qat import QATPlan, finetune_qat
-from .quantize import Int8Scope, quantize_onnx
+from .quantize import Int8Scope, backbone_stems, quantize_onnx
 from .task import TaskModule
 
 
@@ -73,7 +74,8 @@ class TaskExport:
         raise NotImplementedError
 
     def int8_scope(self, graph: nn.Module, args: argparse.Namespace) -> Int8Scope:
-        """The submodules of ``graph`` that int8 quantizes (default: the whole graph, static)."""
+        """The submodules of ``graph`` that int8 quantizes (default: the whole graph, static);
+        ``run_export`` keeps every backbone's stem float on top (``engine.quantize.backbone_stems``)."""
         return Int8Scope()
 
     def qat_plan(self, module: TaskModule, args: argparse.Namespace) -> QATPlan:
@@ -212,6 +214,7 @@ def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -
     qat = args.qat_steps > 0
     calibration = calibration_set(datamodule, args.calibration_images, size) if quantized and not qat else None
     scope = task.int8_scope(graph, args)
+    scope = dataclasses.replace(scope, kept_float=[*scope.kept_float, *backbone_stems(graph)])
     path = Path(args.output)
     qat_summary = None
     if qat:

@@ -10,7 +10,10 @@ A task says which part of its graph int8 quantizes (``Int8Scope``, from
 ``TaskExport.int8_scope``) and keeps the rest float: SSDLite's box decoding works in pixels,
 which int8 cannot hold to a pixel, and its predictor outputs share one scale across feature
 maps once concatenated. Convs whose outputs int8 cannot hold (class logits) may be quantized
-dynamically instead (ExecuTorch only): int8 weights and inputs, float outputs.
+dynamically instead (ExecuTorch only): int8 weights and inputs, float outputs. Every
+backbone's stem (``Backbone.stem``: the layers at stride 2 and below, a few percent of the
+multiply-adds) stays float in every task: int8 there, on the image's full detail, cost more
+than any other part (README).
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ class Int8Scope:
     ``static``: int8 activations with scales calibrated ahead of time and per-channel int8
     weights (None: the whole graph). ``dynamic`` (ExecuTorch; ONNX keeps them float): convs with
     per-channel int8 weights whose inputs are quantized per call (a scale from each input's own
-    range) and whose outputs stay float, for outputs that one calibrated int8 scale cannot hold."""
+    range) and whose outputs stay float, for outputs that one calibrated int8 scale cannot hold.
+    ``kept_float``: submodules inside those that stay float."""
 
     static: Sequence[str] | None = None
     dynamic: Sequence[str] = ()
+    kept_float: Sequence[str] = ()
 
 
 def xnnpack_quantizer(scope: Int8Scope = Int8Scope(), is_qat: bool = False) -> XNNPACKQuantizer:
@@ -73,8 +78,8 @@ def xnnpack_quantizer(scope: Int8Scope = Int8Scope(), is_qat: bool = False) -> X
             return super().annotate(model)
 
     quantizer = Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
-    if scope.static is not None:
-        quantizer.set_filter_function(inside_modules([*scope.static, *scope.dynamic]))
+    if scope.static is not None or scope.kept_float:
+        quantizer.set_filter_function(in_scope(scope))
     return quantizer
 
 
@@ -96,18 +101,34 @@ def quantize_pt2e(graph: nn.Module, calibration: torch.Tensor, scope: Int8Scope 
     return convert_pt2e(prepared)
 
 
-def inside_modules(modules: Sequence[str]) -> Callable[[Node], bool]:
+def inside_modules(modules: Sequence[str], unrecorded: bool = True) -> Callable[[Node], bool]:
     """A quantizer filter: True for graph nodes computed inside one of the submodules ``modules``
-    (by the module path ``torch.export`` records), and for the nodes that record none (weights
-    and biases, which a pattern such as conv + weight also checks)."""
+    (by the module path ``torch.export`` records); ``unrecorded`` for the nodes that record none
+    (weights and biases, which a pattern such as conv + weight also checks)."""
 
     def inside(node: Node) -> bool:
         stack = node.meta.get("nn_module_stack")
         if node.op != "call_function" or not stack:
-            return True
+            return unrecorded
         return any(path == name or path.startswith(name + ".") for path, _ in stack.values() for name in modules)
 
     return inside
+
+
+def in_scope(scope: Int8Scope) -> Callable[[Node], bool]:
+    """A quantizer filter: True for the nodes of ``scope``'s static and dynamic parts (the whole
+    graph when ``static`` is None) outside its ``kept_float`` submodules."""
+    included = inside_modules([*scope.static, *scope.dynamic]) if scope.static is not None else (lambda node: True)
+    kept_float = inside_modules(scope.kept_float, unrecorded=False)
+    return lambda node: included(node) and not kept_float(node)
+
+
+def backbone_stems(graph: nn.Module) -> list[str]:
+    """The module paths in ``graph`` of the stem layers (``Backbone.stem``) of every backbone in it."""
+    from backbone import Backbone
+
+    return [f"{path}.{layer}" if path else layer
+            for path, module in graph.named_modules() if isinstance(module, Backbone) for layer in module.stem]  # fmt: skip
 
 
 class _CalibrationReader:
@@ -146,7 +167,8 @@ def quantize_onnx(
     float_path: str | Path, path: str | Path, calibration: torch.Tensor, scope: Int8Scope = Int8Scope()
 ) -> Path:
     """Write to ``path`` the int8 QDQ version of the float ONNX file ``float_path``, calibrated on
-    ``calibration`` (``K x 3 x H x W`` in [0, 1]), over ``scope.static`` (its dynamic part stays float)."""
+    ``calibration`` (``K x 3 x H x W`` in [0, 1]), over ``scope.static`` less ``scope.kept_float``
+    (its dynamic part stays float)."""
     quantization = require_extra("export", "onnxruntime.quantization", "--quantize int8 (ONNX)")
     import onnxruntime
 
@@ -162,5 +184,6 @@ def quantize_onnx(
         per_channel=True,
         calibrate_method=quantization.CalibrationMethod.MinMax,
         nodes_to_quantize=None if scope.static is None else onnx_nodes_in(float_path, scope.static),
+        nodes_to_exclude=onnx_nodes_in(float_path, scope.kept_float),
     )
     return Path(path)

@@ -163,3 +163,19 @@ def test_a_program_the_runtime_cannot_load_is_named(tmp_path):
     path.write_bytes(b"not an ExecuTorch program")
     with pytest.raises(RuntimeError, match=r"broken\.pte: the ExecuTorch runtime could not load this program"):
         load_exported(path)
+
+
+def test_int8_keeps_every_backbones_stem_float():
+    from engine.executorch_export import deployable_copy
+    from engine.quantize import Int8Scope, backbone_stems, quantize_pt2e
+
+    graph = DeepLabModule(num_classes=3, width_mult=0.35).model.eval()
+    assert backbone_stems(graph) == ["backbone.features.0", "backbone.features.1"]
+    converted = quantize_pt2e(deployable_copy(graph, (64, 64)), torch.rand(2, 3, 64, 64), Int8Scope(kept_float=backbone_stems(graph)))
+    int8_weights = {}
+    for node in converted.graph.nodes:
+        if node.target == torch.ops.aten.conv2d.default:
+            layer = ".".join(list(node.meta["nn_module_stack"].values())[-1][0].split(".")[:3])  # backbone.features.<i>
+            int8_weights.setdefault(layer, []).append("dequantize" in str(node.args[1].target))
+    assert not any(int8_weights["backbone.features.0"] + int8_weights["backbone.features.1"])
+    assert all(int8_weights["backbone.features.2"]) and all(int8_weights["classifier"])
