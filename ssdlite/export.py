@@ -80,16 +80,17 @@ class ExportedDetector(nn.Module):
 
 
 def detector_int8_scope(prefix: str, model: SSDLite) -> Int8Scope:
-    """The int8 part of ``model``, an ``SSDLite`` at submodule path ``prefix``: backbone, extras,
-    the box predictors (each output with its own scale) and the depthwise layers of the class
-    predictors, static; the class predictors' 1 x 1 convs dynamic (int8 weights and inputs,
-    float logits): int8 logits at one calibrated scale cost more accuracy than the rest of the
-    network together. The head's concatenation over feature maps and the box decoding (pixels)
-    stay float."""
+    """The int8 part of ``model``, an ``SSDLite`` at submodule path ``prefix``: backbone, extras
+    and the depthwise layers of the predictors, static; the predictors' 1 x 1 convs dynamic
+    (int8 weights and inputs, float outputs): int8 class logits at one calibrated scale cost
+    more accuracy than the rest of the network together, and int8 box offsets moved the joint
+    model's boxes off the float ones (README). The head's concatenation over feature maps and
+    the box decoding (pixels) stay float."""
     predictors = range(len(model.head.classification))
+    heads = ("classification", "regression")
     return Int8Scope(
-        static=[f"{prefix}.features", f"{prefix}.head.regression", *(f"{prefix}.head.classification.{i}.0" for i in predictors)],
-        dynamic=[f"{prefix}.head.classification.{i}.1" for i in predictors],
+        static=[f"{prefix}.features", *(f"{prefix}.head.{head}.{i}.0" for head in heads for i in predictors)],
+        dynamic=[f"{prefix}.head.{head}.{i}.1" for head in heads for i in predictors],
     )
 
 

@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning (``engine.qat``, ``export --qat_steps``) of each task: SSDLite's
 head outputs fake-quantized and trained with its own loss on the run's training batches,
-converted to int8 around float box decoding (class convs dynamically quantized); DeepLab's
+converted to int8 around float box decoding (the predictors' 1x1 convs dynamically quantized); DeepLab's
 logits and the joint model's outputs the same way under their own losses; the options it needs
 and the training size it checks. The lowering is the post-training path's (``test_mobile_export``)."""
 
@@ -60,7 +60,7 @@ def test_ssdlite_head_trains_fake_quantized_and_converts_to_int8(datamodule):
     targets = graph_targets(result.graph)
     assert any("quantize_per_channel" in target for target in targets)  # int8 weights
     assert any("quantize_per_tensor" in target for target in targets)  # int8 activations
-    assert any("choose_qparams" in target for target in targets)  # class convs: inputs quantized per call
+    assert any("choose_qparams" in target for target in targets)  # the predictors' 1x1 convs: inputs quantized per call
     with torch.no_grad():
         boxes, scores = result.graph(torch.rand(1, 3, SIZE, SIZE))
         reference_boxes, reference_scores = model.decode(torch.rand(1, 3, SIZE, SIZE))
