@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.fx import Node
 
+from backbone import Backbone
+
 from .extras import require_extra
 
 if TYPE_CHECKING:
@@ -125,8 +127,6 @@ def in_scope(scope: Int8Scope) -> Callable[[Node], bool]:
 
 def backbone_stems(graph: nn.Module) -> list[str]:
     """The module paths in ``graph`` of the stem layers (``Backbone.stem``) of every backbone in it."""
-    from backbone import Backbone
-
     return [f"{path}.{layer}" if path else layer
             for path, module in graph.named_modules() if isinstance(module, Backbone) for layer in module.stem]  # fmt: skip
 

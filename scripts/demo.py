@@ -211,7 +211,7 @@ def start_export_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_export(task: str, argv: list[str]) -> dict[str, Any]:
+def export_one(task: str, argv: list[str]) -> dict[str, Any]:
     """One ``export`` command of ``task`` (in a worker process): what the demo keeps of it."""
     export = COMMANDS[task](argv)
     report = export.report
@@ -228,7 +228,7 @@ def export_all(jobs: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str], 
     order = sorted(jobs, key=lambda key: key[1] != "int8")
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds thread pools
     with ProcessPoolExecutor(EXPORT_WORKERS, mp_context=context, initializer=start_export_worker) as pool:
-        futures = {key: pool.submit(run_export, key[0], jobs[key]) for key in order}
+        futures = {key: pool.submit(export_one, key[0], jobs[key]) for key in order}
         entries = {key: future.result() for key, future in futures.items()}
     reports = {key: json.loads(Path(entry["report"]).read_text()) for key, entry in entries.items()}
     graphs = {key: load_exported(entry["path"], threads=reports[key]["threads"]) for key, entry in entries.items()}
