@@ -39,7 +39,7 @@ from core.fuse import optimize_for_inference
 from deeplab_mobile import build_deeplab
 from deeplab_mobile.export import DeepLabExport
 from engine.executorch_export import export_executorch
-from engine.export import export_onnx
+from engine.export import command_int8_scope, export_onnx
 from engine.exported import ExportedGraph, load_exported
 from engine.extras import require_extra
 from engine.quantize import Int8Scope, quantize_onnx
@@ -84,7 +84,7 @@ def mobile_tasks() -> list[MobileTask]:
         ("multitask 320", joint.eval(), 320, MultiTaskExport()),
     ):
         outputs = list(export.output_names(EXPORT_ARGS))
-        tasks.append(MobileTask(name, graph, (size, size), outputs, export.int8_scope(graph, EXPORT_ARGS)))
+        tasks.append(MobileTask(name, graph, (size, size), outputs, command_int8_scope(export, graph, EXPORT_ARGS)))
     return tasks
 
 

@@ -75,7 +75,7 @@ class TaskExport:
 
     def int8_scope(self, graph: nn.Module, args: argparse.Namespace) -> Int8Scope:
         """The submodules of ``graph`` that int8 quantizes (default: the whole graph, static);
-        ``run_export`` keeps every backbone's stem float on top (``engine.quantize.backbone_stems``)."""
+        the command keeps every backbone's stem float on top (``command_int8_scope``)."""
         return Int8Scope()
 
     def qat_plan(self, module: TaskModule, args: argparse.Namespace) -> QATPlan:
@@ -190,6 +190,13 @@ def check_export_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error("--qat_steps fine-tunes an int8 ExecuTorch program: add --format executorch --quantize int8")
 
 
+def command_int8_scope(task: TaskExport, graph: nn.Module, args: argparse.Namespace) -> Int8Scope:
+    """The int8 part of ``graph`` that ``export --quantize int8`` uses: ``task.int8_scope`` with
+    every backbone's stem kept float (``engine.quantize.backbone_stems``)."""
+    scope = task.int8_scope(graph, args)
+    return dataclasses.replace(scope, kept_float=[*scope.kept_float, *backbone_stems(graph)])
+
+
 def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -> ExportResult:
     """Export a checkpoint (ONNX or ExecuTorch, float or int8), check the file in its runtime on
     ``--image`` and its mirror, measure it and write its report beside it (``<file>.json``);
@@ -213,8 +220,7 @@ def run_export(task: TaskExport, prog: str, argv: Sequence[str] | None = None) -
     quantized = args.quantize == "int8"
     qat = args.qat_steps > 0
     calibration = calibration_set(datamodule, args.calibration_images, size) if quantized and not qat else None
-    scope = task.int8_scope(graph, args)
-    scope = dataclasses.replace(scope, kept_float=[*scope.kept_float, *backbone_stems(graph)])
+    scope = command_int8_scope(task, graph, args)
     path = Path(args.output)
     qat_summary = None
     if qat:

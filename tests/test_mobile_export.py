@@ -10,6 +10,7 @@ module: lowering dominates the time, so each graph is lowered once.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -166,12 +167,15 @@ def test_a_program_the_runtime_cannot_load_is_named(tmp_path):
 
 
 def test_int8_keeps_every_backbones_stem_float():
+    from deeplab_mobile.export import DeepLabExport
     from engine.executorch_export import deployable_copy
-    from engine.quantize import Int8Scope, backbone_stems, quantize_pt2e
+    from engine.export import command_int8_scope
+    from engine.quantize import quantize_pt2e
 
     graph = DeepLabModule(num_classes=3, width_mult=0.35).model.eval()
-    assert backbone_stems(graph) == ["backbone.features.0", "backbone.features.1"]
-    converted = quantize_pt2e(deployable_copy(graph, (64, 64)), torch.rand(2, 3, 64, 64), Int8Scope(kept_float=backbone_stems(graph)))
+    scope = command_int8_scope(DeepLabExport(), graph, argparse.Namespace(output_kind="logits"))
+    assert scope.static is None and list(scope.kept_float) == ["backbone.features.0", "backbone.features.1"]
+    converted = quantize_pt2e(deployable_copy(graph, (64, 64)), torch.rand(2, 3, 64, 64), scope)
     int8_weights = {}
     for node in converted.graph.nodes:
         if node.target == torch.ops.aten.conv2d.default:
