@@ -10,6 +10,7 @@ A task writes its model, its loss and its metric; the base gives it the rest:
   biases, and the task's learning-rate schedule (``lr_schedule``);
 - a training step that sums the task's losses and logs each, and that guards batches that
   skipped samples left too small for BatchNorm (``empty_batch_loss``);
+- a warning when a fit asks for bf16 on a CPU that only emulates it (``cpu_computes_bf16``);
 - the non-finite step guard and the random-state restore of exact resume (callbacks), and
   checkpoints saved finite, stamped with the task, loaded only where they fit;
 - evaluation through the task's metric, counting every image once under DDP
