@@ -69,9 +69,8 @@ FULL = {
     "multitask": {"trainer": {"max_epochs": MULTITASK_EPOCHS, "check_val_every_n_epoch": MULTITASK_EPOCHS}, "model": {}},
     "ssdlite_export_size": None,  # the checkpoint's training size
     "deeplab_export_size": [513, 513],  # 16 k + 1: the model's own geometry, no padding inside
-    # DeepLab's int8 mIoU vs float: -0.012 with 64 images, -0.008 with 128. The detectors keep
-    # 64: with 128 SSDLite's int8 file matched fewer float detections and each export took
-    # 10-14 s longer.
+    # Chosen while the backbone's stem was still int8 (DeepLab's int8 mIoU then fell 0.012 with
+    # 64 images, 0.008 with 128; 128 cost each detector export 10-14 s); not re-measured since.
     "calibration_images": {"ssdlite": 64, "deeplab": 128, "multitask": 64},
     "int8_tasks": TASKS,
 }
